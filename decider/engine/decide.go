@@ -1,0 +1,112 @@
+package engine
+
+// Decide evaluates both directions of a connection: egress of the source
+// when it is a known pod, ingress of the destination when it is a known pod.
+// The connection passes only if every evaluated direction allows it.
+// Decide does not allocate.
+func (s *Snapshot) Decide(t Tuple) Decision {
+	t.Src, t.Dst = t.Src.Unmap(), t.Dst.Unmap()
+	src, dst := s.podByIP[t.Src], s.podByIP[t.Dst]
+	d := Decision{Allowed: true}
+	if t.Src == t.Dst && !t.ViaService {
+		// A pod talking to its own IP is not subject to policy.
+		d.SamePod = src != nil
+		return d
+	}
+	if src != nil {
+		d.Egress = s.evaluate(Egress, src, endpoint{ip: t.Dst, pod: dst}, t, dst)
+		d.Allowed = d.Egress.Allowed
+	}
+	if dst != nil {
+		d.Ingress = s.evaluate(Ingress, dst, endpoint{ip: t.Src, pod: src}, t, dst)
+		d.Allowed = d.Allowed && d.Ingress.Allowed
+	}
+	return d
+}
+
+// evaluate runs the tiers for one direction of subject: admin tier, then
+// NetworkPolicy, then baseline tier, then the default allow.
+func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple, dstPod *pod) Explanation {
+	e := Explanation{Evaluated: true, Direction: dir, Pod: subject.ref, Rule: -1, PassRule: -1}
+
+	// Admin tier: first matching rule of the policies in priority order.
+	// Allow and Deny are final; Pass skips the rest of the tier.
+admin:
+	for _, p := range subject.admin[dir] {
+		for i := range p.rules[dir] {
+			r := &p.rules[dir][i]
+			if !s.ruleMatches(r, peer, t, dstPod) {
+				continue
+			}
+			if r.action == ActionPass {
+				e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
+				break admin
+			}
+			return e.decided(p.tier, p.ref, r.index, r.name, r.action)
+		}
+	}
+
+	// NetworkPolicy: once any policy isolates the pod in this direction, only
+	// what some rule of those policies allows passes.
+	if nps := subject.np[dir]; len(nps) > 0 {
+		for _, p := range nps {
+			for i := range p.rules[dir] {
+				r := &p.rules[dir][i]
+				if r.ports.matches(t.Proto, t.DstPort, dstPod) && r.peerMatches(peer) {
+					return e.decided(TierNetworkPolicy, p.ref, i, "", ActionAllow)
+				}
+			}
+		}
+		return e.decided(TierNetworkPolicy, nps[0].ref, -1, "", ActionDeny)
+	}
+
+	// Baseline tier.
+	for _, p := range subject.baseline[dir] {
+		for i := range p.rules[dir] {
+			r := &p.rules[dir][i]
+			if !s.ruleMatches(r, peer, t, dstPod) {
+				continue
+			}
+			if r.action == ActionPass {
+				// A baseline Pass leaves the decision to the default.
+				e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
+				return e.decided(TierDefault, PolicyRef{}, -1, "", ActionAllow)
+			}
+			return e.decided(p.tier, p.ref, r.index, r.name, r.action)
+		}
+	}
+	return e.decided(TierDefault, PolicyRef{}, -1, "", ActionAllow)
+}
+
+func (e Explanation) decided(tier Tier, ref PolicyRef, rule int, name string, a Action) Explanation {
+	e.Tier, e.Policy, e.Rule, e.RuleName, e.Action = tier, ref, rule, name, a
+	e.Allowed = a == ActionAllow
+	return e
+}
+
+func (s *Snapshot) ruleMatches(r *clusterRule, peer endpoint, t Tuple, dstPod *pod) bool {
+	if r.all {
+		return true
+	}
+	if !r.ports.matches(t.Proto, t.DstPort, dstPod) {
+		return false
+	}
+	for i := range r.peers {
+		if s.peerMatches(&r.peers[i], peer) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *npRule) peerMatches(peer endpoint) bool {
+	if r.allPeers {
+		return true
+	}
+	for i := range r.peers {
+		if r.peers[i].matches(peer) {
+			return true
+		}
+	}
+	return false
+}
