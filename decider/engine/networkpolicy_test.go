@@ -245,9 +245,9 @@ spec:
   podSelector: {}
   ingress: [{from: [{namespaceSelector: {matchLabels: {ns: "y"}}}]}]`,
 		probes: []probe{
-			{"192.168.0.1 -> z/a:80/TCP", true}, // not isolated by y's deny-all
+			{"192.168.0.1 -> z/a:80/TCP", true},  // not isolated by y's deny-all
 			{"192.168.0.1 -> x/a:80/TCP", false}, // a namespace selector does not match it
-			{"y/a -> x/a:80/TCP", false},          // y egress denied
+			{"y/a -> x/a:80/TCP", false},         // y egress denied
 		},
 	}, {
 		name: "finished pods do not exist; their IP is reused",

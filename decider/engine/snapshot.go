@@ -18,12 +18,12 @@ type Snapshot struct {
 
 // Stats counts what a snapshot holds.
 type Stats struct {
-	Pods, Namespaces, Nodes                  int
-	NetworkPolicies, AdminNetworkPolicies    int
-	BaselineAdminNetworkPolicies             int
-	ClusterNetworkPolicies                   int
-	SelectedPods                             int
-	Rules                                    int
+	Pods, Namespaces, Nodes               int
+	NetworkPolicies, AdminNetworkPolicies int
+	BaselineAdminNetworkPolicies          int
+	ClusterNetworkPolicies                int
+	SelectedPods                          int
+	Rules                                 int
 }
 
 // pod is a pod as policy sees it: identity, labels, placement, named ports,
