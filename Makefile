@@ -50,5 +50,30 @@ verify-proto: proto ## Fail if the committed generated code drifts from the .pro
 	@git diff --exit-code -- proto/ || { echo "generated protobuf code drifted: run 'make proto' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- proto/)" || { git status --porcelain -- proto/; echo "untracked generated files: run 'make proto' and commit"; exit 1; }
 
+# ---- checks and tests -------------------------------------------------------
+GO_PACKAGES = $(shell go list ./... | grep -v /test/e2e)
+
+.PHONY: lint
+lint: $(TOOLBIN)/buf ## gofmt, go vet and buf lint.
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	buf lint
+
+.PHONY: verify
+verify: verify-proto verify-manifests ## Generated code and manifests match their sources; modules verified.
+	go mod verify
+
+.PHONY: unit
+unit: ## Unit and integration tests of every package, with the race detector.
+	go test -race -count=1 -timeout 20m $(GO_PACKAGES)
+
+.PHONY: test
+test: e2e-deps tools kube-apiserver lint verify unit ## Everything CI runs.
+
+.PHONY: bench
+bench: ## Engine benchmarks (see docs/performance.md).
+	go test -run '^$$' -bench . -benchmem ./decider/engine/
+
 # Each area keeps its own targets in hack/mk/<area>.mk.
 -include hack/mk/*.mk
