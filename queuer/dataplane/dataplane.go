@@ -1,0 +1,290 @@
+// Package dataplane owns the kernel side of the queuer: the nftables table
+// `inet tollgate` that steers the first packet of new connections of
+// policy-selected pods to NFQUEUE, the sets of selected pod IPs, and the kernel
+// tier of the verdict cache.
+//
+// Two queueing modes exist. ModeNFT uses the native nft `queue` statement.
+// ModeXT is for kernels built without CONFIG_NFT_QUEUE: the nft table marks
+// the packet and one iptables rule per family (xt NFQUEUE target) queues
+// marked packets. docs/dataplane.md explains the ruleset and the fail modes.
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"sigs.k8s.io/knftables"
+)
+
+// Mode is how packets reach NFQUEUE.
+type Mode string
+
+const (
+	// ModeNFT queues with the native nftables `queue` statement.
+	ModeNFT Mode = "nft"
+	// ModeXT marks packets in nftables and queues them with the xt NFQUEUE
+	// target of iptables (for kernels without CONFIG_NFT_QUEUE).
+	ModeXT Mode = "xt"
+)
+
+// TableName is the name of the nftables table (family inet) that Tollgate owns.
+const TableName = "tollgate"
+
+// DefaultVerdictTTL is the lifetime of kernel verdict-cache entries when
+// Config.VerdictTTL is zero.
+const DefaultVerdictTTL = time.Minute
+
+// Config configures the dataplane.
+type Config struct {
+	// QueueMode is "auto" (or empty), "nft" or "xt". Auto probes the kernel for
+	// the native queue statement and falls back to xt.
+	QueueMode string
+	// FirstQueue is the first NFQUEUE number.
+	FirstQueue uint16
+	// QueueCount is how many consecutive queues, starting at FirstQueue, the
+	// kernel fans packets out to (by CPU). Must be at least 1.
+	QueueCount uint16
+	// FailOpen makes packets pass when no program listens on the queue (queue
+	// bypass) and makes Shutdown remove the ruleset. Without it, packets of
+	// selected pods are dropped while the queuer is away, and Shutdown leaves
+	// the ruleset in place.
+	FailOpen bool
+	// VerdictTTL is the timeout of kernel verdict-cache entries, in whole
+	// seconds (at least one second). Zero means DefaultVerdictTTL.
+	VerdictTTL time.Duration
+}
+
+// Verdict is one decided connection tuple for the kernel verdict cache.
+// Policy never depends on the source port, so it is not part of the key.
+type Verdict struct {
+	// Src and Dst are the connection's addresses; both of one family.
+	Src, Dst netip.Addr
+	// Proto is the IP protocol number. Only TCP, UDP and SCTP are cached.
+	Proto uint8
+	// DstPort is the destination port.
+	DstPort uint16
+	// Allow says whether the connection is allowed (else denied).
+	Allow bool
+}
+
+// Dataplane programs the table `inet tollgate` and, in ModeXT, the iptables
+// rules that queue marked packets. It is safe for concurrent use.
+type Dataplane struct {
+	cfg  Config
+	mode Mode
+	nft  knftables.Interface
+	ipt  IPTables // nil when no iptables binaries exist (ModeNFT only)
+
+	mu sync.Mutex
+	// selected mirrors the elements of selected4 and selected6 as programmed
+	// in the kernel; valid only while selectedKnown is true.
+	selected      map[netip.Addr]struct{}
+	selectedKnown bool
+	setUp         bool
+}
+
+// New creates a Dataplane for the running kernel: nftables through the `nft`
+// binary and, when present, iptables through iptables-nft (or
+// iptables-legacy). With QueueMode "auto" it probes the kernel for the native
+// queue statement and logs the mode it picked.
+func New(cfg Config) (*Dataplane, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	nft, err := knftables.New(knftables.InetFamily, TableName)
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: nftables unavailable: %w", err)
+	}
+	// ipt stays a nil interface (not a typed nil) when iptables is missing.
+	var ipt IPTables
+	execIPT, iptErr := NewExecIPTables()
+	if iptErr == nil {
+		ipt = execIPT
+	}
+	mode, detected, err := chooseMode(context.Background(), cfg, nft)
+	if err != nil {
+		return nil, err
+	}
+	if mode == ModeXT && ipt == nil {
+		return nil, fmt.Errorf("dataplane: queue mode xt needs iptables: %w", iptErr)
+	}
+	slog.Info("dataplane queue mode", "mode", string(mode), "detected", detected,
+		"firstQueue", cfg.FirstQueue, "queues", cfg.QueueCount, "failOpen", cfg.FailOpen)
+	return newDataplane(cfg, mode, nft, ipt), nil
+}
+
+// NewWithBackends creates a Dataplane on the given backends, typically
+// knftables.NewFake and a FakeIPTables in tests. mode must be ModeNFT or
+// ModeXT; ipt may be nil in ModeNFT.
+func NewWithBackends(cfg Config, mode Mode, nft knftables.Interface, ipt IPTables) (*Dataplane, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	switch mode {
+	case ModeNFT:
+	case ModeXT:
+		if ipt == nil {
+			return nil, errors.New("dataplane: queue mode xt needs an iptables backend")
+		}
+	default:
+		return nil, fmt.Errorf("dataplane: unknown queue mode %q", mode)
+	}
+	return newDataplane(cfg, mode, nft, ipt), nil
+}
+
+func newDataplane(cfg Config, mode Mode, nft knftables.Interface, ipt IPTables) *Dataplane {
+	return &Dataplane{cfg: cfg, mode: mode, nft: nft, ipt: ipt, selected: map[netip.Addr]struct{}{}}
+}
+
+// withDefaults validates cfg and fills in defaults.
+func (cfg Config) withDefaults() (Config, error) {
+	switch cfg.QueueMode {
+	case "":
+		cfg.QueueMode = "auto"
+	case "auto", string(ModeNFT), string(ModeXT):
+	default:
+		return cfg, fmt.Errorf("dataplane: queue mode %q is not auto, nft or xt", cfg.QueueMode)
+	}
+	if cfg.QueueCount == 0 {
+		return cfg, errors.New("dataplane: queue count must be at least 1")
+	}
+	if int(cfg.FirstQueue)+int(cfg.QueueCount)-1 > 65535 {
+		return cfg, fmt.Errorf("dataplane: queues %d..%d exceed 65535",
+			cfg.FirstQueue, int(cfg.FirstQueue)+int(cfg.QueueCount)-1)
+	}
+	if cfg.VerdictTTL == 0 {
+		cfg.VerdictTTL = DefaultVerdictTTL
+	}
+	if cfg.VerdictTTL < time.Second {
+		return cfg, fmt.Errorf("dataplane: verdict TTL %s is below one second", cfg.VerdictTTL)
+	}
+	cfg.VerdictTTL = cfg.VerdictTTL.Truncate(time.Second)
+	return cfg, nil
+}
+
+// Mode reports the queueing mode in use.
+func (d *Dataplane) Mode() Mode { return d.mode }
+
+// Setup installs or replaces the whole ruleset. An existing table is adopted:
+// chains are flushed and refilled and the selected-pod sets keep their
+// elements, all in one transaction, so there is no moment at which policy is
+// ignored. The verdict sets are recreated empty. In ModeXT the iptables rules
+// are installed before the table starts marking packets.
+func (d *Dataplane) Setup(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if d.mode == ModeXT {
+		if err := installXT(ctx, d.ipt, d.cfg); err != nil {
+			return fmt.Errorf("dataplane: install iptables rules: %w", err)
+		}
+	}
+	adopted, err := d.readSelected(ctx)
+	if err != nil {
+		return err
+	}
+	stale, err := d.staleObjects(ctx)
+	if err != nil {
+		return err
+	}
+	tx := d.nft.NewTransaction()
+	writeRuleset(tx, d.cfg, d.mode, stale)
+	if err := d.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("dataplane: install table %s: %w", TableName, err)
+	}
+	d.selected = adopted
+	d.selectedKnown = true
+	d.setUp = true
+
+	if d.mode == ModeNFT && d.ipt != nil {
+		// A previous run in xt mode may have left iptables rules behind;
+		// without marks they are inert, so their removal is best effort.
+		if err := removeXT(ctx, d.ipt); err != nil {
+			slog.Warn("dataplane: could not remove leftover iptables rules", "err", err)
+		}
+	}
+	return nil
+}
+
+// readSelected returns the elements of the selected-pod sets of an existing
+// table, or an empty map when there is no table yet.
+func (d *Dataplane) readSelected(ctx context.Context) (map[netip.Addr]struct{}, error) {
+	out := map[netip.Addr]struct{}{}
+	for _, name := range []string{setSelected4, setSelected6} {
+		elems, err := d.nft.ListElements(ctx, "set", name)
+		if knftables.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dataplane: list set %s: %w", name, err)
+		}
+		for _, e := range elems {
+			if len(e.Key) != 1 {
+				return nil, fmt.Errorf("dataplane: set %s has element %v, want one address", name, e.Key)
+			}
+			a, err := netip.ParseAddr(e.Key[0])
+			if err != nil {
+				return nil, fmt.Errorf("dataplane: set %s: %w", name, err)
+			}
+			out[a] = struct{}{}
+		}
+	}
+	return out, nil
+}
+
+// staleObjects lists the objects of an existing table that the current
+// ruleset does not define, so that Setup deletes them.
+func (d *Dataplane) staleObjects(ctx context.Context) (map[string][]string, error) {
+	all, err := d.nft.ListAll(ctx)
+	if knftables.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: list table %s: %w", TableName, err)
+	}
+	stale := map[string][]string{}
+	for kind, names := range all {
+		for _, name := range names {
+			if !desiredObject(kind, name) {
+				stale[kind] = append(stale[kind], name)
+			}
+		}
+	}
+	return stale, nil
+}
+
+// Shutdown ends the dataplane according to the fail mode. Fail-open deletes
+// the table and the iptables rules, so traffic flows without the queuer.
+// Fail-closed leaves everything in place: selected pods' new connections stay
+// queued to a queue nobody reads, which the kernel drops, until the next
+// Setup adopts the table.
+func (d *Dataplane) Shutdown(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.setUp = false
+	d.selectedKnown = false
+
+	if !d.cfg.FailOpen {
+		slog.Info("dataplane: fail-closed, leaving the ruleset in place", "table", "inet "+TableName)
+		return nil
+	}
+	tx := d.nft.NewTransaction()
+	tx.Delete(&knftables.Table{})
+	err := d.nft.Run(ctx, tx)
+	if err != nil && !knftables.IsNotFound(err) {
+		return fmt.Errorf("dataplane: delete table %s: %w", TableName, err)
+	}
+	if d.mode == ModeXT {
+		if err := removeXT(ctx, d.ipt); err != nil {
+			return fmt.Errorf("dataplane: remove iptables rules: %w", err)
+		}
+	}
+	return nil
+}

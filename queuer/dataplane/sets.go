@@ -1,0 +1,191 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"sigs.k8s.io/knftables"
+)
+
+// errNotSetUp is returned by set updates before Setup succeeded.
+var errNotSetUp = errors.New("dataplane: Setup has not run")
+
+// SyncSelected makes selected4 and selected6 hold exactly v4 and v6, the
+// local pods that some policy selects. It adds and deletes only the
+// difference from what it last programmed, in one transaction. If that
+// transaction fails (someone changed the set behind our back), it replaces
+// the sets' whole contents in one transaction instead.
+func (d *Dataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error {
+	want, err := selectedSet(v4, v6)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.setUp {
+		return errNotSetUp
+	}
+
+	if d.selectedKnown {
+		tx := d.nft.NewTransaction()
+		var adds, dels []netip.Addr
+		for a := range want {
+			if _, ok := d.selected[a]; !ok {
+				adds = append(adds, a)
+			}
+		}
+		for a := range d.selected {
+			if _, ok := want[a]; !ok {
+				dels = append(dels, a)
+			}
+		}
+		if len(adds) == 0 && len(dels) == 0 {
+			return nil
+		}
+		// Sorted for a deterministic transaction text.
+		slices.SortFunc(adds, netip.Addr.Compare)
+		slices.SortFunc(dels, netip.Addr.Compare)
+		for _, a := range dels {
+			tx.Delete(selectedElement(a))
+		}
+		for _, a := range adds {
+			tx.Add(selectedElement(a))
+		}
+		err := d.nft.Run(ctx, tx)
+		if err == nil {
+			d.selected = want
+			return nil
+		}
+		slog.Warn("dataplane: incremental update of selected pods failed, replacing the sets", "err", err)
+		d.selectedKnown = false
+	}
+
+	tx := d.nft.NewTransaction()
+	tx.Flush(&knftables.Set{Name: setSelected4})
+	tx.Flush(&knftables.Set{Name: setSelected6})
+	all := make([]netip.Addr, 0, len(want))
+	for a := range want {
+		all = append(all, a)
+	}
+	slices.SortFunc(all, netip.Addr.Compare)
+	for _, a := range all {
+		tx.Add(selectedElement(a))
+	}
+	if err := d.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("dataplane: replace selected pod sets: %w", err)
+	}
+	d.selected = want
+	d.selectedKnown = true
+	return nil
+}
+
+// selectedSet checks the families of v4 and v6 and returns their union.
+func selectedSet(v4, v6 []netip.Addr) (map[netip.Addr]struct{}, error) {
+	want := make(map[netip.Addr]struct{}, len(v4)+len(v6))
+	for _, a := range v4 {
+		a = a.Unmap()
+		if !a.Is4() {
+			return nil, fmt.Errorf("dataplane: %s in the IPv4 list is not an IPv4 address", a)
+		}
+		want[a] = struct{}{}
+	}
+	for _, a := range v6 {
+		if !a.Is6() || a.Is4In6() {
+			return nil, fmt.Errorf("dataplane: %s in the IPv6 list is not an IPv6 address", a)
+		}
+		want[a.WithZone("")] = struct{}{}
+	}
+	return want, nil
+}
+
+func selectedElement(a netip.Addr) *knftables.Element {
+	set := setSelected4
+	if a.Is6() {
+		set = setSelected6
+	}
+	return &knftables.Element{Set: set, Key: []string{a.String()}}
+}
+
+// cachedProtos names the protocols whose verdicts the kernel caches: those
+// with ports. Other protocols (ICMP) always reach the queue.
+var cachedProtos = map[uint8]string{6: "tcp", 17: "udp", 132: "sctp"}
+
+// AddVerdicts adds the tuples to the kernel verdict cache (allow4/deny4 or
+// allow6/deny6) with the sets' timeout, in one transaction. Verdicts for
+// protocols without ports (anything but TCP, UDP and SCTP) are skipped.
+func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
+	tx := d.nft.NewTransaction()
+	for _, v := range vs {
+		e, ok, err := verdictElement(v)
+		if err != nil {
+			return err
+		}
+		if ok {
+			tx.Add(e)
+		}
+	}
+	if tx.NumOperations() == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.setUp {
+		return errNotSetUp
+	}
+	if err := d.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("dataplane: add %d verdicts: %w", tx.NumOperations(), err)
+	}
+	return nil
+}
+
+// verdictElement returns the set element for v; ok is false when v's
+// protocol is not cached in the kernel.
+func verdictElement(v Verdict) (e *knftables.Element, ok bool, err error) {
+	proto, ok := cachedProtos[v.Proto]
+	if !ok {
+		return nil, false, nil
+	}
+	src, dst := v.Src.Unmap(), v.Dst.Unmap()
+	var set string
+	switch {
+	case src.Is4() && dst.Is4():
+		set = setDeny4
+		if v.Allow {
+			set = setAllow4
+		}
+	case src.Is6() && dst.Is6():
+		set = setDeny6
+		if v.Allow {
+			set = setAllow6
+		}
+		src, dst = src.WithZone(""), dst.WithZone("")
+	default:
+		return nil, false, fmt.Errorf("dataplane: verdict %s -> %s: addresses invalid or of different families", v.Src, v.Dst)
+	}
+	return &knftables.Element{
+		Set: set,
+		Key: []string{src.String(), dst.String(), proto, strconv.Itoa(int(v.DstPort))},
+	}, true, nil
+}
+
+// FlushVerdicts empties the kernel verdict cache, in one transaction.
+func (d *Dataplane) FlushVerdicts(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.setUp {
+		return errNotSetUp
+	}
+	tx := d.nft.NewTransaction()
+	for _, name := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
+		tx.Flush(&knftables.Set{Name: name})
+	}
+	if err := d.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("dataplane: flush verdict sets: %w", err)
+	}
+	return nil
+}
