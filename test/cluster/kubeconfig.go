@@ -1,0 +1,48 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// writeKubeconfig writes a kubeconfig for cfg's server, CA and bearer token.
+func writeKubeconfig(path string, cfg *rest.Config) error {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["tollgate-test"] = &clientcmdapi.Cluster{
+		Server:                   cfg.Host,
+		CertificateAuthorityData: cfg.CAData,
+	}
+	kc.AuthInfos["user"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
+	kc.Contexts["tollgate-test"] = &clientcmdapi.Context{Cluster: "tollgate-test", AuthInfo: "user"}
+	kc.CurrentContext = "tollgate-test"
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		return fmt.Errorf("write kubeconfig %s: %w", path, err)
+	}
+	return nil
+}
+
+// WriteKubeconfigForToken writes a kubeconfig that authenticates with token
+// (e.g. a ServiceAccount token) and returns its path inside the cluster
+// directory; it is removed by Stop.
+func (c *Cluster) WriteKubeconfigForToken(token string) (string, error) {
+	f, err := os.CreateTemp(c.dir, "token-*.kubeconfig")
+	if err != nil {
+		return "", fmt.Errorf("create kubeconfig file: %w", err)
+	}
+	path := f.Name()
+	f.Close()
+	if err := writeKubeconfig(path, c.configForToken(token)); err != nil {
+		return "", err
+	}
+	return filepath.Clean(path), nil
+}
+
+// RESTConfigForToken returns a client configuration that authenticates with token.
+func (c *Cluster) RESTConfigForToken(token string) *rest.Config {
+	return c.configForToken(token)
+}
