@@ -71,6 +71,10 @@ unit: ## Unit and integration tests of every package, with the race detector.
 .PHONY: test
 test: e2e-deps tools kube-apiserver lint verify unit ## Everything CI runs.
 
+.PHONY: demo
+demo: e2e-deps build ## Real packets, real verdicts: the example policies on a simulated node (as root).
+	go run ./hack/demo --bin $(BIN)
+
 .PHONY: bench
 bench: ## Engine benchmarks (see docs/performance.md).
 	go test -run '^$$' -bench . -benchmem ./decider/engine/
