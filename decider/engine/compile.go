@@ -33,6 +33,7 @@ type compiler struct {
 	nsByName   map[string]*namespace
 	podsByNS   [][]*pod // by namespace index
 	nsSets     map[string]nsSet
+	npRules    map[string]*npRule // interned NetworkPolicy rules by content
 }
 
 // Compile turns API objects into a snapshot. It never fails: objects the
@@ -46,6 +47,7 @@ func Compile(in Input) *Snapshot {
 		},
 		nsByName: make(map[string]*namespace, len(in.Namespaces)),
 		nsSets:   make(map[string]nsSet),
+		npRules:  make(map[string]*npRule),
 	}
 	c.addNamespaces(in)
 	c.addNodes(in.Nodes)
@@ -226,6 +228,14 @@ func (c *compiler) nsSetFor(sel *selector) nsSet {
 // nsSetOf is the set holding one namespace.
 func (c *compiler) nsSetOf(name string) nsSet {
 	return c.nsSetFor(&selector{reqs: []requirement{{key: namespaceNameLabel, op: opIn, values: []string{name}}}})
+}
+
+// keyOrAll is key, or "*" for a nil selector (every pod).
+func (s *selector) keyOrAll() string {
+	if s == nil {
+		return "*"
+	}
+	return s.key()
 }
 
 // key is a canonical text form of a compiled selector, for sharing.
@@ -697,6 +707,21 @@ func (c *compiler) addNetworkPolicies(nps []*networkingv1.NetworkPolicy) {
 			}
 		}
 	}
+	// Flatten each pod's rules, keeping the first of identical rules.
+	seen := make(map[*npRule]bool)
+	for _, pd := range c.snap.pods {
+		for d := range 2 {
+			clear(seen)
+			for _, p := range pd.np[d] {
+				for i, r := range p.rules[d] {
+					if !seen[r] {
+						seen[r] = true
+						pd.npRules[d] = append(pd.npRules[d], npRuleRef{rule: r, policy: p, index: i})
+					}
+				}
+			}
+		}
+	}
 }
 
 // policyTypes returns the directions a NetworkPolicy isolates, defaulting
@@ -720,8 +745,12 @@ func policyTypes(np *networkingv1.NetworkPolicy) [2]bool {
 	return t
 }
 
-func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) npRule {
+// npRule compiles a NetworkPolicy rule and returns the shared instance of
+// identical rules.
+func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) *npRule {
 	r := npRule{allPeers: len(peers) == 0, ports: c.npPorts(ref, ports)}
+	var key strings.Builder
+	fmt.Fprintf(&key, "%v|%v|", r.allPeers, r.ports)
 	for _, p := range peers {
 		switch {
 		case p.IPBlock != nil:
@@ -747,27 +776,34 @@ func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.N
 			}
 			if peer.ipBlock {
 				r.peers = append(r.peers, peer)
+				fmt.Fprintf(&key, "ip%v%v;", peer.cidr, peer.except)
 			}
 		case p.NamespaceSelector != nil:
-			ns := c.nsSetFor(c.selector(ref, "namespaceSelector", p.NamespaceSelector))
+			nsSel := c.selector(ref, "namespaceSelector", p.NamespaceSelector)
 			var pods *selector
 			if p.PodSelector != nil {
 				if pods = c.selector(ref, "podSelector", p.PodSelector); pods.empty() {
 					pods = nil
 				}
 			}
-			r.peers = append(r.peers, npPeer{ns: ns, pods: pods})
+			r.peers = append(r.peers, npPeer{ns: c.nsSetFor(nsSel), pods: pods})
+			fmt.Fprintf(&key, "ns%s/%s;", nsSel.key(), pods.keyOrAll())
 		case p.PodSelector != nil:
 			pods := c.selector(ref, "podSelector", p.PodSelector)
 			if pods.empty() {
 				pods = nil
 			}
 			r.peers = append(r.peers, npPeer{ns: c.nsSetOf(policyNS), pods: pods})
+			fmt.Fprintf(&key, "in%q/%s;", policyNS, pods.keyOrAll())
 		default:
 			c.warnf("%s: a peer sets none of podSelector, namespaceSelector, ipBlock; it matches nothing", ref)
 		}
 	}
-	return r
+	if shared := c.npRules[key.String()]; shared != nil {
+		return shared
+	}
+	c.npRules[key.String()] = &r
+	return &r
 }
 
 func (c *compiler) npPorts(ref PolicyRef, ports []networkingv1.NetworkPolicyPort) portSet {

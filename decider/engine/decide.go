@@ -49,12 +49,11 @@ admin:
 	// NetworkPolicy: once any policy isolates the pod in this direction, only
 	// what some rule of those policies allows passes.
 	if nps := subject.np[dir]; len(nps) > 0 {
-		for _, p := range nps {
-			for i := range p.rules[dir] {
-				r := &p.rules[dir][i]
-				if r.ports.matches(t.Proto, t.DstPort, dstPod) && r.peerMatches(peer) {
-					return e.decided(TierNetworkPolicy, p.ref, i, "", ActionAllow)
-				}
+		rules := subject.npRules[dir]
+		for i := range rules {
+			r := &rules[i]
+			if r.rule.ports.matches(t.Proto, t.DstPort, dstPod) && r.rule.peerMatches(peer) {
+				return e.decided(TierNetworkPolicy, r.policy.ref, r.index, "", ActionAllow)
 			}
 		}
 		return e.decided(TierNetworkPolicy, nps[0].ref, -1, "", ActionDeny)

@@ -52,7 +52,7 @@ type clusterPeer struct {
 // netPolicy is a compiled NetworkPolicy.
 type netPolicy struct {
 	ref   PolicyRef
-	rules [2][]npRule // per Direction
+	rules [2][]*npRule // per Direction; identical rules are shared
 }
 
 // npRule is one ingress or egress rule of a NetworkPolicy.

@@ -40,6 +40,17 @@ type pod struct {
 	admin    [2][]*clusterPolicy
 	np       [2][]*netPolicy
 	baseline [2][]*clusterPolicy
+	// npRules flattens the rules of np in evaluation order, keeping only the
+	// first of identical rules: a rule that did not match once will not
+	// match again.
+	npRules [2][]npRuleRef
+}
+
+// npRuleRef is a NetworkPolicy rule in a pod's flattened list.
+type npRuleRef struct {
+	rule   *npRule
+	policy *netPolicy
+	index  int
 }
 
 // selected reports whether any policy governs the pod in some direction.
