@@ -1,0 +1,264 @@
+package cache
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// clock is a manually advanced clock for TTL tests.
+type clock struct{ ns atomic.Int64 }
+
+func (c *clock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *clock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+func key(i int) Key {
+	return Key{
+		Src:     netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}),
+		Dst:     netip.MustParseAddr("10.1.0.1"),
+		Proto:   6,
+		DstPort: 80,
+	}
+}
+
+func TestGetPut(t *testing.T) {
+	c := New(Options{Size: 16, Shards: 4})
+	k := key(1)
+	if _, ok := c.Get(k); ok {
+		t.Fatal("empty cache hit")
+	}
+	c.Put(k, true, 0)
+	if allow, ok := c.Get(k); !ok || !allow {
+		t.Fatalf("Get = %v, %v; want allow hit", allow, ok)
+	}
+	c.Put(k, false, 0)
+	if allow, ok := c.Get(k); !ok || allow {
+		t.Fatalf("Get after overwrite = %v, %v; want deny hit", allow, ok)
+	}
+	// Every key field matters.
+	for _, other := range []Key{
+		{Src: k.Src, Dst: k.Dst, Proto: 17, DstPort: 80},
+		{Src: k.Src, Dst: k.Dst, Proto: 6, DstPort: 81},
+		{Src: k.Src, Dst: k.Dst, Proto: 6, DstPort: 80, ViaService: true},
+		{Src: k.Dst, Dst: k.Src, Proto: 6, DstPort: 80},
+		{Src: netip.MustParseAddr("::ffff:10.0.0.1"), Dst: k.Dst, Proto: 6, DstPort: 80},
+	} {
+		if _, ok := c.Get(other); ok {
+			t.Errorf("Get(%+v) hit the entry of %+v", other, k)
+		}
+	}
+	st := c.Stats()
+	if st.Hits != 2 || st.Misses != 6 {
+		t.Errorf("Stats = %+v, want 2 hits, 6 misses", st)
+	}
+	if c.Len() != 1 {
+		t.Errorf("Len = %d, want 1", c.Len())
+	}
+}
+
+func TestTTL(t *testing.T) {
+	clk := &clock{}
+	c := New(Options{Size: 16, TTL: 10 * time.Second, Now: clk.now})
+	c.Put(key(1), true, 0)
+	clk.advance(9 * time.Second)
+	if _, ok := c.Get(key(1)); !ok {
+		t.Fatal("entry expired before its TTL")
+	}
+	clk.advance(time.Second)
+	if _, ok := c.Get(key(1)); ok {
+		t.Fatal("entry outlived its TTL")
+	}
+	if c.Len() != 0 {
+		t.Errorf("expired entry not removed: Len = %d", c.Len())
+	}
+	if st := c.Stats(); st.Expired != 1 {
+		t.Errorf("Expired = %d, want 1", st.Expired)
+	}
+	// Re-putting refreshes the TTL.
+	c.Put(key(2), true, 0)
+	clk.advance(8 * time.Second)
+	c.Put(key(2), true, 0)
+	clk.advance(8 * time.Second)
+	if _, ok := c.Get(key(2)); !ok {
+		t.Error("Put did not refresh the TTL")
+	}
+}
+
+func TestBound(t *testing.T) {
+	for _, tc := range []struct{ size, shards int }{{1, 64}, {10, 4}, {100, 3}, {1000, 64}} {
+		t.Run(fmt.Sprintf("size%d-shards%d", tc.size, tc.shards), func(t *testing.T) {
+			c := New(Options{Size: tc.size, Shards: tc.shards})
+			for i := range 20 * tc.size {
+				c.Put(key(i), i%2 == 0, 0)
+				if n := c.Len(); n > tc.size {
+					t.Fatalf("after %d puts Len = %d > size %d", i+1, n, tc.size)
+				}
+			}
+			if c.Len() == 0 {
+				t.Fatal("cache holds nothing")
+			}
+			if st := c.Stats(); st.Evictions == 0 {
+				t.Error("no evictions counted")
+			}
+			// The most recently put key is always present.
+			last := 20*tc.size - 1
+			if allow, ok := c.Get(key(last)); !ok || allow != (last%2 == 0) {
+				t.Errorf("last key: Get = %v, %v", allow, ok)
+			}
+		})
+	}
+}
+
+func TestClockKeepsReferencedEntries(t *testing.T) {
+	c := New(Options{Size: 4, Shards: 1})
+	for i := range 4 {
+		c.Put(key(i), true, 0)
+	}
+	// Reference 0 and 1; inserting two new keys must evict 2 and 3.
+	c.Get(key(0))
+	c.Get(key(1))
+	c.Put(key(10), true, 0)
+	c.Put(key(11), true, 0)
+	for _, i := range []int{0, 1, 10, 11} {
+		if _, ok := c.Get(key(i)); !ok {
+			t.Errorf("key %d evicted", i)
+		}
+	}
+	for _, i := range []int{2, 3} {
+		if _, ok := c.Get(key(i)); ok {
+			t.Errorf("key %d survived, want it evicted", i)
+		}
+	}
+}
+
+func TestInvalidate(t *testing.T) {
+	c := New(Options{Size: 64})
+	c.Put(key(1), true, 1)
+	c.Put(key(2), false, 2)
+	c.Put(key(3), true, 3)
+	c.Invalidate(2)
+	if _, ok := c.Get(key(1)); ok {
+		t.Error("generation 1 entry survived Invalidate(2)")
+	}
+	for _, i := range []int{2, 3} {
+		if _, ok := c.Get(key(i)); !ok {
+			t.Errorf("entry %d of a current or newer generation was dropped", i)
+		}
+	}
+	// Stale puts are ignored; current and newer ones are kept.
+	c.Put(key(4), true, 1)
+	if _, ok := c.Get(key(4)); ok {
+		t.Error("Put of generation 1 after Invalidate(2) was stored")
+	}
+	if st := c.Stats(); st.StalePuts != 1 {
+		t.Errorf("StalePuts = %d, want 1", st.StalePuts)
+	}
+	// Generations never go backwards.
+	c.Invalidate(1)
+	if g := c.Generation(); g != 2 {
+		t.Errorf("Generation = %d after Invalidate(1), want 2", g)
+	}
+	c.Invalidate(5)
+	for _, i := range []int{2, 3} {
+		if _, ok := c.Get(key(i)); ok {
+			t.Errorf("entry %d survived Invalidate(5)", i)
+		}
+	}
+	if c.Len() != 0 {
+		t.Errorf("Len = %d after every entry went stale and was read", c.Len())
+	}
+}
+
+func TestReset(t *testing.T) {
+	c := New(Options{Size: 8, Shards: 2})
+	c.Invalidate(9)
+	for i := range 8 {
+		c.Put(key(i), true, 9)
+	}
+	c.Reset(1)
+	if c.Len() != 0 || c.Generation() != 1 {
+		t.Fatalf("after Reset(1): Len = %d, Generation = %d", c.Len(), c.Generation())
+	}
+	c.Put(key(1), false, 1)
+	if allow, ok := c.Get(key(1)); !ok || allow {
+		t.Errorf("Put of the reset generation: Get = %v, %v", allow, ok)
+	}
+	for i := range 20 {
+		c.Put(key(i), true, 1)
+	}
+	if c.Len() > 8 {
+		t.Errorf("Len = %d after Reset and refill, want <= 8", c.Len())
+	}
+}
+
+func TestStaleEntriesAreEvictedFirst(t *testing.T) {
+	c := New(Options{Size: 2, Shards: 1})
+	c.Put(key(1), true, 1)
+	c.Put(key(2), true, 2)
+	c.Get(key(1)) // referenced, but about to be stale
+	c.Get(key(2))
+	c.Invalidate(2)
+	c.Put(key(3), true, 2)
+	if _, ok := c.Get(key(2)); !ok {
+		t.Error("current entry evicted while a stale one was present")
+	}
+	if st := c.Stats(); st.Evictions != 0 || st.Expired != 1 {
+		t.Errorf("Stats = %+v, want the stale entry counted as expired", st)
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	c := New(Options{Size: 256, Shards: 8})
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				k := key((g*7919 + i) % 600)
+				if allow, ok := c.Get(k); ok && allow != (k.Src.As4()[3]%2 == 0) {
+					t.Errorf("wrong verdict for %v", k.Src)
+					return
+				}
+				c.Put(k, k.Src.As4()[3]%2 == 0, uint64(i/500))
+				if i%500 == 0 && g == 0 {
+					c.Invalidate(uint64(i / 500))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := c.Len(); n > 256 {
+		t.Errorf("Len = %d > 256", n)
+	}
+	st := c.Stats()
+	if st.Hits+st.Misses != 16*2000 {
+		t.Errorf("hits+misses = %d, want %d", st.Hits+st.Misses, 16*2000)
+	}
+}
+
+func TestGetDoesNotAllocate(t *testing.T) {
+	c := New(Options{Size: 64})
+	c.Put(key(1), true, 0)
+	if n := testing.AllocsPerRun(100, func() { c.Get(key(1)); c.Get(key(2)) }); n != 0 {
+		t.Errorf("Get allocates %v times", n)
+	}
+}
+
+func BenchmarkGetHitParallel(b *testing.B) {
+	c := New(Options{Size: 4096})
+	for i := range 1024 {
+		c.Put(key(i), true, 0)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			c.Get(key(i & 1023))
+			i++
+		}
+	})
+}

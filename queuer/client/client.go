@@ -1,0 +1,440 @@
+// Package client is the queuer's side of the decider's gRPC API on a Unix
+// socket.
+//
+// Decide sends every query over one long-lived DecideStream: a sender
+// goroutine puts everything pending into one message (batching) without
+// waiting for earlier answers (pipelining), and a receiver goroutine routes
+// results by id to the waiting callers. When the stream breaks, every waiting
+// caller gets an error at once and the client reconnects with capped
+// exponential backoff; meanwhile Decide fails fast with ErrUnavailable so
+// that the queuer applies its fail mode without waiting for a deadline.
+//
+// Watch keeps a Watch stream open the same way and delivers the decider's
+// generation and the node's selected pod IPs.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
+	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
+)
+
+// ErrUnavailable is returned by Decide while no DecideStream is open.
+var ErrUnavailable = errors.New("client: decider stream not connected")
+
+// ErrStreamBroken is returned to callers whose query was in flight when the
+// DecideStream broke.
+var ErrStreamBroken = errors.New("client: decider stream broke")
+
+// Query is one connection to decide.
+type Query struct {
+	// Src and Dst are the addresses (Dst after DNAT), of one family.
+	Src, Dst netip.Addr
+	// Proto is the IP protocol number. TCP, UDP and SCTP are sent as such;
+	// every other protocol has no ports and is decided like ICMP (only
+	// policy rules without ports match it).
+	Proto uint8
+	// DstPort is the destination port.
+	DstPort uint16
+	// ViaService says the destination was reached through a service address.
+	ViaService bool
+}
+
+// Result is the decider's answer.
+type Result struct {
+	// Allow is true for VERDICT_ALLOW.
+	Allow bool
+	// Generation is the decider state that answered.
+	Generation uint64
+}
+
+// WatchUpdate is one announcement of the decider's state.
+type WatchUpdate struct {
+	// Generation is the decider's state generation.
+	Generation uint64
+	// IPv4 and IPv6 are the node's policy-selected pod IPs.
+	IPv4, IPv6 []netip.Addr
+}
+
+// Options tunes a Client. Zero values pick the defaults.
+type Options struct {
+	// MinBackoff and MaxBackoff bound the reconnect delay (50ms, 2s).
+	MinBackoff, MaxBackoff time.Duration
+	// MaxBatch is the most queries put in one message (256).
+	MaxBatch int
+}
+
+// Client talks to one decider. Create it with New, start it with Run.
+type Client struct {
+	conn *grpc.ClientConn
+	api  tollgatev1.DeciderServiceClient
+	opts Options
+
+	nextID atomic.Uint64
+	notify chan struct{} // wakes the sender; capacity 1
+	pool   sync.Pool     // of chan reply
+
+	mu        sync.Mutex
+	connected bool
+	queue     []queued              // queries not yet sent on the current stream
+	waiting   map[uint64]chan reply // queries sent or queued, by id
+
+	// testHookBeforeBatch, when set, runs in the sender before it takes the
+	// pending queries (tests use it to observe batching deterministically).
+	testHookBeforeBatch func()
+}
+
+type queued struct {
+	id uint64
+	q  Query
+}
+
+type reply struct {
+	res Result
+	err error
+}
+
+// New creates a client for the decider listening on the Unix socket path.
+// It does not connect; Run does.
+func New(path string, opts Options) (*Client, error) {
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 50 * time.Millisecond
+	}
+	if opts.MaxBackoff < opts.MinBackoff {
+		opts.MaxBackoff = max(2*time.Second, opts.MinBackoff)
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	conn, err := grpc.NewClient("unix://"+path,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// gRPC's own reconnect backoff defaults to minutes; a local socket
+		// should be retried as quickly as our stream backoff.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  opts.MinBackoff,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   opts.MaxBackoff,
+			},
+			MinConnectTimeout: time.Second,
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("client: decider socket %s: %w", path, err)
+	}
+	c := &Client{
+		conn:    conn,
+		api:     tollgatev1.NewDeciderServiceClient(conn),
+		opts:    opts,
+		notify:  make(chan struct{}, 1),
+		waiting: map[uint64]chan reply{},
+	}
+	c.pool.New = func() any { return make(chan reply, 1) }
+	return c, nil
+}
+
+// Close releases the connection. Run and Watch return once their contexts
+// end; Close does not wait for them.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Connected reports whether the DecideStream is open.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connected
+}
+
+// Decide asks the decider about q and waits for the answer until ctx ends.
+func (c *Client) Decide(ctx context.Context, q Query) (Result, error) {
+	if !q.Src.IsValid() || !q.Dst.IsValid() || q.Src.Is4() != q.Dst.Is4() {
+		return Result{}, fmt.Errorf("client: query addresses %v and %v are not of one family", q.Src, q.Dst)
+	}
+	id := c.nextID.Add(1)
+	ch := c.pool.Get().(chan reply)
+	c.mu.Lock()
+	if !c.connected {
+		c.mu.Unlock()
+		c.pool.Put(ch)
+		return Result{}, ErrUnavailable
+	}
+	c.waiting[id] = ch
+	c.queue = append(c.queue, queued{id: id, q: q})
+	c.mu.Unlock()
+	select {
+	case c.notify <- struct{}{}:
+	default: // the sender is already woken
+	}
+
+	select {
+	case r := <-ch:
+		c.pool.Put(ch)
+		return r.res, r.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		_, mine := c.waiting[id]
+		delete(c.waiting, id)
+		c.mu.Unlock()
+		if !mine {
+			// The receiver took it and is delivering exactly one reply;
+			// drain it so that the channel can be reused.
+			<-ch
+		}
+		c.pool.Put(ch)
+		return Result{}, fmt.Errorf("client: decide: %w", ctx.Err())
+	}
+}
+
+// deliver hands r to the waiter of id, if it still waits.
+func (c *Client) deliver(id uint64, r reply) {
+	c.mu.Lock()
+	ch, ok := c.waiting[id]
+	delete(c.waiting, id)
+	c.mu.Unlock()
+	if ok {
+		ch <- r // capacity 1 and one reply per id: never blocks
+	}
+}
+
+// Run keeps a DecideStream open until ctx ends, reconnecting with backoff.
+func (c *Client) Run(ctx context.Context) {
+	delay := c.opts.MinBackoff
+	for ctx.Err() == nil {
+		opened, err := c.runStream(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if opened {
+			delay = c.opts.MinBackoff
+		}
+		logRetry("decider stream down; reconnecting", opened || delay == c.opts.MinBackoff, err, delay)
+		if !sleep(ctx, delay) {
+			return
+		}
+		delay = min(2*delay, c.opts.MaxBackoff)
+	}
+}
+
+// runStream opens one DecideStream and serves it until it breaks. It reports
+// whether the stream was opened.
+func (c *Client) runStream(ctx context.Context) (bool, error) {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stream, err := c.api.DecideStream(sctx)
+	if err != nil {
+		return false, fmt.Errorf("open DecideStream: %w", err)
+	}
+	c.mu.Lock()
+	c.connected = true
+	c.mu.Unlock()
+	slog.Info("decider stream connected")
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		cancel(c.send(sctx, stream))
+	}()
+	go func() {
+		defer wg.Done()
+		cancel(c.receive(stream))
+	}()
+	wg.Wait()
+	err = context.Cause(sctx)
+	c.breakStream()
+	return true, err
+}
+
+// breakStream marks the stream down and fails every waiting caller.
+func (c *Client) breakStream() {
+	c.mu.Lock()
+	c.connected = false
+	waiting := c.waiting
+	c.waiting = map[uint64]chan reply{}
+	c.queue = nil
+	c.mu.Unlock()
+	for _, ch := range waiting {
+		ch <- reply{err: ErrStreamBroken}
+	}
+}
+
+// send batches pending queries onto the stream until ctx ends or Send fails.
+func (c *Client) send(ctx context.Context, stream grpc.BidiStreamingClient[tollgatev1.DecideStreamRequest, tollgatev1.DecideStreamResponse]) error {
+	var spare []queued
+	for {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-c.notify:
+		}
+		if c.testHookBeforeBatch != nil {
+			c.testHookBeforeBatch()
+		}
+		c.mu.Lock()
+		pending := c.queue
+		c.queue = spare[:0]
+		c.mu.Unlock()
+		for start := 0; start < len(pending); start += c.opts.MaxBatch {
+			part := pending[start:min(len(pending), start+c.opts.MaxBatch)]
+			req := &tollgatev1.DecideStreamRequest{Queries: make([]*tollgatev1.Query, len(part))}
+			for i, item := range part {
+				req.Queries[i] = toProto(item)
+			}
+			if err := stream.Send(req); err != nil {
+				return fmt.Errorf("send: %w", err)
+			}
+		}
+		spare = pending
+	}
+}
+
+// receive routes results to waiters until the stream ends.
+func (c *Client) receive(stream grpc.BidiStreamingClient[tollgatev1.DecideStreamRequest, tollgatev1.DecideStreamResponse]) error {
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		for _, r := range resp.GetResults() {
+			c.deliver(r.GetId(), fromProto(r))
+		}
+	}
+}
+
+func toProto(item queued) *tollgatev1.Query {
+	q := item.q
+	var src, dst []byte
+	if q.Src.Is4() {
+		s, d := q.Src.As4(), q.Dst.As4()
+		src, dst = s[:], d[:]
+	} else {
+		s, d := q.Src.As16(), q.Dst.As16()
+		src, dst = s[:], d[:]
+	}
+	return &tollgatev1.Query{
+		Id:         item.id,
+		SrcAddr:    src,
+		DstAddr:    dst,
+		Protocol:   protocol(q.Proto),
+		DstPort:    uint32(q.DstPort),
+		ViaService: q.ViaService,
+	}
+}
+
+// protocol maps an IP protocol number to the API's protocol.
+func protocol(p uint8) tollgatev1.Protocol {
+	switch p {
+	case 6:
+		return tollgatev1.Protocol_PROTOCOL_TCP
+	case 17:
+		return tollgatev1.Protocol_PROTOCOL_UDP
+	case 132:
+		return tollgatev1.Protocol_PROTOCOL_SCTP
+	default:
+		// ICMP, ICMPv6 and every other protocol without ports: only policy
+		// rules without ports match them, which is the API's ICMP rule.
+		return tollgatev1.Protocol_PROTOCOL_ICMP
+	}
+}
+
+func fromProto(r *tollgatev1.Result) reply {
+	switch r.GetVerdict() {
+	case tollgatev1.Verdict_VERDICT_ALLOW:
+		return reply{res: Result{Allow: true, Generation: r.GetGeneration()}}
+	case tollgatev1.Verdict_VERDICT_DENY:
+		return reply{res: Result{Allow: false, Generation: r.GetGeneration()}}
+	default:
+		return reply{err: fmt.Errorf("client: decider rejected query: %s", r.GetError())}
+	}
+}
+
+// Watch subscribes to the decider's state for node and calls fn with every
+// update, from one goroutine, until ctx ends. After a broken stream it
+// reconnects with backoff; the decider then sends its whole current state
+// again. Watch returns ctx's error.
+func (c *Client) Watch(ctx context.Context, node string, fn func(WatchUpdate)) error {
+	delay := c.opts.MinBackoff
+	for {
+		received, err := c.watchOnce(ctx, node, fn)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if received {
+			delay = c.opts.MinBackoff
+		}
+		logRetry("decider watch down; reconnecting", received || delay == c.opts.MinBackoff, err, delay)
+		if !sleep(ctx, delay) {
+			return ctx.Err()
+		}
+		delay = min(2*delay, c.opts.MaxBackoff)
+	}
+}
+
+// watchOnce serves one Watch stream; it reports whether any update arrived.
+func (c *Client) watchOnce(ctx context.Context, node string, fn func(WatchUpdate)) (bool, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.api.Watch(wctx, &tollgatev1.WatchRequest{NodeName: node})
+	if err != nil {
+		return false, fmt.Errorf("open Watch: %w", err)
+	}
+	received := false
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return received, fmt.Errorf("watch: %w", err)
+		}
+		received = true
+		fn(WatchUpdate{
+			Generation: resp.GetGeneration(),
+			IPv4:       addrs(resp.GetSelectedIpv4(), 4),
+			IPv6:       addrs(resp.GetSelectedIpv6(), 16),
+		})
+	}
+}
+
+// addrs converts raw addresses of length n, skipping malformed ones.
+func addrs(raw [][]byte, n int) []netip.Addr {
+	out := make([]netip.Addr, 0, len(raw))
+	for _, b := range raw {
+		a, ok := netip.AddrFromSlice(b)
+		if !ok || len(b) != n {
+			slog.Warn("decider sent a malformed selected address; skipping", "bytes", b)
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// logRetry logs a reconnect: as a warning when the connection was just lost
+// (or first failed), at debug level while retries keep failing.
+func logRetry(msg string, first bool, err error, delay time.Duration) {
+	level := slog.LevelDebug
+	if first {
+		level = slog.LevelWarn
+	}
+	slog.Log(context.Background(), level, msg, "err", err, "in", delay)
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

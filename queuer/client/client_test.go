@@ -1,0 +1,372 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
+)
+
+// fakeDecider allows exactly the queries with an even destination port.
+// With collect > 0 it answers only once that many queries arrived, in
+// reverse order and one result per message, which a client that waits for
+// answers before sending more could never reach. With silent it never
+// answers.
+type fakeDecider struct {
+	tollgatev1.UnimplementedDeciderServiceServer
+	gen      uint64
+	collect  int
+	silent   bool
+	messages atomic.Int64
+	queries  atomic.Int64
+	watch    chan *tollgatev1.WatchResponse
+}
+
+func (f *fakeDecider) DecideStream(s grpc.BidiStreamingServer[tollgatev1.DecideStreamRequest, tollgatev1.DecideStreamResponse]) error {
+	var held []*tollgatev1.Query
+	for {
+		req, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		f.messages.Add(1)
+		f.queries.Add(int64(len(req.GetQueries())))
+		if f.silent {
+			continue
+		}
+		held = append(held, req.GetQueries()...)
+		if len(held) < f.collect {
+			continue
+		}
+		slices.Reverse(held)
+		for _, q := range held {
+			if err := s.Send(&tollgatev1.DecideStreamResponse{Results: []*tollgatev1.Result{f.answer(q)}}); err != nil {
+				return err
+			}
+		}
+		held = held[:0]
+	}
+}
+
+func (f *fakeDecider) answer(q *tollgatev1.Query) *tollgatev1.Result {
+	v := tollgatev1.Verdict_VERDICT_DENY
+	if q.GetDstPort()%2 == 0 {
+		v = tollgatev1.Verdict_VERDICT_ALLOW
+	}
+	if len(q.GetSrcAddr()) != len(q.GetDstAddr()) || q.GetProtocol() == tollgatev1.Protocol_PROTOCOL_UNSPECIFIED {
+		return &tollgatev1.Result{Id: q.GetId(), Error: "bad query"}
+	}
+	return &tollgatev1.Result{Id: q.GetId(), Verdict: v, Generation: f.gen}
+}
+
+func (f *fakeDecider) Watch(_ *tollgatev1.WatchRequest, s grpc.ServerStreamingServer[tollgatev1.WatchResponse]) error {
+	for {
+		select {
+		case <-s.Context().Done():
+			return nil
+		case m := <-f.watch:
+			if err := s.Send(m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// serve runs f on the Unix socket path until the returned stop is called
+// (or the test ends).
+func serve(t *testing.T, path string, f *fakeDecider) (stop func()) {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	srv := grpc.NewServer()
+	tollgatev1.RegisterDeciderServiceServer(srv, f)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(l)
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			srv.Stop()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// start creates a client on path and runs it until the test ends.
+func start(t *testing.T, path string) *Client {
+	t.Helper()
+	c, err := New(path, Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = c.Close()
+	})
+	return c
+}
+
+// eventually polls cond for up to five seconds.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for range 500 {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func sock(t *testing.T) string { return filepath.Join(t.TempDir(), "decider.sock") }
+
+func query(port uint16) Query {
+	return Query{
+		Src:     netip.MustParseAddr("10.0.0.1"),
+		Dst:     netip.MustParseAddr("10.0.0.2"),
+		Proto:   6,
+		DstPort: port,
+	}
+}
+
+func TestPipelining(t *testing.T) {
+	const n = 50
+	path := sock(t)
+	f := &fakeDecider{gen: 7, collect: n}
+	serve(t, path, f)
+	c := start(t, path)
+	eventually(t, "connection", c.Connected)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			port := uint16(1000 + i)
+			res, err := c.Decide(ctx, query(port))
+			switch {
+			case err != nil:
+				errs <- err
+			case res.Allow != (port%2 == 0) || res.Generation != 7:
+				errs <- errors.New("wrong result routed to a caller")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := f.queries.Load(); got != n {
+		t.Errorf("server saw %d queries, want %d", got, n)
+	}
+}
+
+func TestBatching(t *testing.T) {
+	const n = 20
+	path := sock(t)
+	f := &fakeDecider{gen: 1}
+	serve(t, path, f)
+	c := start(t, path)
+	eventually(t, "connection", c.Connected)
+
+	// Hold the sender until all n queries are pending: they must then go
+	// out in one message.
+	var first atomic.Bool
+	c.testHookBeforeBatch = func() {
+		if first.Swap(true) {
+			return
+		}
+		eventually(t, "queued queries", func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return len(c.queue) == n
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Decide(ctx, query(uint16(i))); err != nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d Decide calls failed", failed.Load())
+	}
+	if m, q := f.messages.Load(), f.queries.Load(); m != 1 || q != n {
+		t.Errorf("server saw %d messages with %d queries, want 1 with %d", m, q, n)
+	}
+}
+
+func TestDeadline(t *testing.T) {
+	path := sock(t)
+	serve(t, path, &fakeDecider{silent: true})
+	c := start(t, path)
+	eventually(t, "connection", c.Connected)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	_, err := c.Decide(ctx, query(80))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Decide error = %v, want deadline exceeded", err)
+	}
+	if d := time.Since(begin); d > time.Second {
+		t.Errorf("Decide took %v past a 50ms deadline", d)
+	}
+	c.mu.Lock()
+	left := len(c.waiting)
+	c.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d waiters left behind", left)
+	}
+}
+
+func TestUnavailableFailsFast(t *testing.T) {
+	c := start(t, sock(t)) // nobody listens
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Decide(ctx, query(80)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Decide error = %v, want ErrUnavailable", err)
+	}
+	if c.Connected() {
+		t.Error("Connected without a server")
+	}
+}
+
+func TestStreamBreakAndReconnect(t *testing.T) {
+	path := sock(t)
+	stop := serve(t, path, &fakeDecider{silent: true})
+	c := start(t, path)
+	eventually(t, "connection", c.Connected)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Decide(ctx, query(80))
+		errc <- err
+	}()
+	eventually(t, "query in flight", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.waiting) == 1
+	})
+	stop()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrStreamBroken) {
+			t.Fatalf("in-flight Decide error = %v, want ErrStreamBroken", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("in-flight Decide not failed when the stream broke")
+	}
+	eventually(t, "disconnect", func() bool { return !c.Connected() })
+
+	serve(t, path, &fakeDecider{gen: 2})
+	eventually(t, "reconnection", c.Connected)
+	res, err := c.Decide(ctx, query(80))
+	if err != nil || !res.Allow || res.Generation != 2 {
+		t.Fatalf("Decide after reconnect = %+v, %v", res, err)
+	}
+}
+
+func TestRejectedQuery(t *testing.T) {
+	path := sock(t)
+	serve(t, path, &fakeDecider{gen: 1})
+	c := start(t, path)
+	eventually(t, "connection", c.Connected)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q := query(80)
+	q.Dst = netip.MustParseAddr("fd00::1")
+	if _, err := c.Decide(ctx, q); err == nil {
+		t.Error("mixed-family query accepted")
+	}
+	// ICMP and other portless protocols are sent as PROTOCOL_ICMP.
+	q = query(0)
+	q.Proto = 58
+	if res, err := c.Decide(ctx, q); err != nil || !res.Allow {
+		t.Errorf("ICMP query = %+v, %v", res, err)
+	}
+}
+
+func TestWatchResumesAfterRestart(t *testing.T) {
+	path := sock(t)
+	f1 := &fakeDecider{watch: make(chan *tollgatev1.WatchResponse, 1)}
+	stop := serve(t, path, f1)
+	c := start(t, path)
+
+	updates := make(chan WatchUpdate, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Watch(ctx, "node-a", func(u WatchUpdate) { updates <- u }) }()
+	defer func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Watch returned %v, want context.Canceled", err)
+		}
+	}()
+
+	next := func() WatchUpdate {
+		t.Helper()
+		select {
+		case u := <-updates:
+			return u
+		case <-time.After(5 * time.Second):
+			t.Fatal("no watch update")
+			return WatchUpdate{}
+		}
+	}
+	f1.watch <- &tollgatev1.WatchResponse{
+		Generation:   3,
+		SelectedIpv4: [][]byte{{10, 0, 0, 1}, {10, 0, 0, 2}, {1, 2, 3}},
+		SelectedIpv6: [][]byte{netip.MustParseAddr("fd00::1").AsSlice()},
+	}
+	u := next()
+	want4 := []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")}
+	if u.Generation != 3 || !slices.Equal(u.IPv4, want4) || len(u.IPv6) != 1 || u.IPv6[0] != netip.MustParseAddr("fd00::1") {
+		t.Fatalf("update = %+v", u)
+	}
+
+	stop()
+	f2 := &fakeDecider{watch: make(chan *tollgatev1.WatchResponse, 1)}
+	serve(t, path, f2)
+	f2.watch <- &tollgatev1.WatchResponse{Generation: 4}
+	if u := next(); u.Generation != 4 || len(u.IPv4) != 0 {
+		t.Fatalf("update after restart = %+v", u)
+	}
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tollgate/tollgate/queuer/cache"
+	"github.com/tollgate/tollgate/queuer/nfq"
+)
+
+// procNFQueue is where the kernel reports per-queue NFQUEUE counters.
+const procNFQueue = "/proc/net/netfilter/nfnetlink_queue"
+
+// metrics are the queuer's Prometheus metrics. The packet_* and nfqueue_*
+// names are those of kube-network-policies, so its dashboards keep working.
+type metrics struct {
+	registry *prometheus.Registry
+
+	processTime        *prometheus.HistogramVec
+	processMicros      *prometheus.HistogramVec
+	packets            *prometheus.CounterVec
+	failMode           *prometheus.CounterVec
+	deciderRTT         prometheus.Histogram
+	deciderErrors      prometheus.Counter
+	parseErrors        prometheus.Counter
+	generation         prometheus.Gauge
+	dataplaneMode      *prometheus.GaugeVec
+	kernelCacheDropped prometheus.Counter
+	kernelCacheStale   prometheus.Counter
+	kernelCacheErrors  prometheus.Counter
+}
+
+// newMetrics registers every metric. c and counters may be nil (tests);
+// procPath is the NFQUEUE proc file.
+func newMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		processTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "packet_process_time",
+			Help:    "Time to reach a verdict for a queued packet, in seconds.",
+			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 11), // 1µs .. ~1s
+		}, []string{"source", "verdict"}),
+		processMicros: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "packet_process_duration_microseconds",
+			Help:    "Time to reach a verdict for a queued packet, in microseconds.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 11),
+		}, []string{"source", "verdict"}),
+		packets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "packet_count",
+			Help: "Queued packets answered, by how the verdict was reached and the verdict.",
+		}, []string{"source", "verdict"}),
+		failMode: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_fail_mode_verdicts_total",
+			Help: "Packets answered by the fail mode (open: accepted, closed: dropped) because no verdict could be had.",
+		}, []string{"mode"}),
+		deciderRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tollgate_decider_rtt_seconds",
+			Help:    "Round-trip time of successful decider queries.",
+			Buckets: prometheus.ExponentialBuckets(10e-6, 2, 16), // 10µs .. ~330ms
+		}),
+		deciderErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_decider_errors_total",
+			Help: "Decider queries that failed (unavailable, broken stream, timeout, rejected).",
+		}),
+		parseErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_packet_parse_errors_total",
+			Help: "Queued packets whose headers could not be read (answered by the fail mode).",
+		}),
+		generation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tollgate_decider_generation",
+			Help: "Last decider state generation applied.",
+		}),
+		dataplaneMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tollgate_dataplane_mode",
+			Help: "Queueing mode in use (nft: native queue statement, xt: iptables NFQUEUE target); the value is 1.",
+		}, []string{"mode"}),
+		kernelCacheDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_kernel_cache_dropped_total",
+			Help: "Verdicts not added to the kernel cache because the batch queue was full.",
+		}),
+		kernelCacheStale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_kernel_cache_stale_total",
+			Help: "Queued kernel-cache verdicts discarded because the generation changed.",
+		}),
+		kernelCacheErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_kernel_cache_errors_total",
+			Help: "Failed writes of verdict batches to the kernel cache.",
+		}),
+	}
+	m.registry.MustRegister(m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
+		m.deciderErrors, m.parseErrors, m.generation, m.dataplaneMode,
+		m.kernelCacheDropped, m.kernelCacheStale, m.kernelCacheErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&stateCollector{cache: c, counters: counters, procPath: procPath})
+	return m
+}
+
+// observePacket records one answered packet.
+func (m *metrics) observePacket(d time.Duration, allow bool, source string) {
+	verdict := "drop"
+	if allow {
+		verdict = "accept"
+	}
+	m.processTime.WithLabelValues(source, verdict).Observe(d.Seconds())
+	m.processMicros.WithLabelValues(source, verdict).Observe(float64(d.Nanoseconds()) / 1e3)
+	m.packets.WithLabelValues(source, verdict).Inc()
+}
+
+var (
+	descCacheHits      = prometheus.NewDesc("tollgate_cache_hits_total", "Userspace verdict-cache hits.", nil, nil)
+	descCacheMisses    = prometheus.NewDesc("tollgate_cache_misses_total", "Userspace verdict-cache misses.", nil, nil)
+	descCacheEvictions = prometheus.NewDesc("tollgate_cache_evictions_total", "Userspace verdict-cache entries evicted for room.", nil, nil)
+	descCacheExpired   = prometheus.NewDesc("tollgate_cache_expired_total", "Userspace verdict-cache entries dropped by TTL or generation.", nil, nil)
+	descCacheEntries   = prometheus.NewDesc("tollgate_cache_entries", "Userspace verdict-cache entries stored.", nil, nil)
+	descQueuePackets   = prometheus.NewDesc("tollgate_nfqueue_packets_total", "Packets read from each queue.", []string{"queue"}, nil)
+	descQueueReadErrs  = prometheus.NewDesc("tollgate_nfqueue_read_errors_total", "Netlink receive errors survived per queue (mostly ENOBUFS).", []string{"queue"}, nil)
+	descQueueVerdErrs  = prometheus.NewDesc("tollgate_nfqueue_verdict_errors_total", "Verdicts the kernel did not take, per queue.", []string{"queue"}, nil)
+	descNFQTotal       = prometheus.NewDesc("nfqueue_queue_total", "Packets waiting in the kernel queue for a verdict.", []string{"queue"}, nil)
+	descNFQDropped     = prometheus.NewDesc("nfqueue_queue_dropped", "Packets the kernel dropped because the queue was full.", []string{"queue"}, nil)
+	descNFQUserDropped = prometheus.NewDesc("nfqueue_user_dropped", "Packets the kernel dropped because the netlink socket buffer was full.", []string{"queue"}, nil)
+	descNFQPacketID    = prometheus.NewDesc("nfqueue_packet_id", "Id of the last packet queued.", []string{"queue"}, nil)
+)
+
+// stateCollector reads counters kept elsewhere at scrape time: the cache's,
+// the queue readers', and the kernel's in /proc.
+type stateCollector struct {
+	cache    *cache.Cache
+	counters *nfq.Counters
+	procPath string
+}
+
+// Describe implements prometheus.Collector.
+func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheExpired,
+		descCacheEntries, descQueuePackets, descQueueReadErrs, descQueueVerdErrs,
+		descNFQTotal, descNFQDropped, descNFQUserDropped, descNFQPacketID} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	if s.cache != nil {
+		st := s.cache.Stats()
+		ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(st.Hits))
+		ch <- prometheus.MustNewConstMetric(descCacheMisses, prometheus.CounterValue, float64(st.Misses))
+		ch <- prometheus.MustNewConstMetric(descCacheEvictions, prometheus.CounterValue, float64(st.Evictions))
+		ch <- prometheus.MustNewConstMetric(descCacheExpired, prometheus.CounterValue, float64(st.Expired))
+		ch <- prometheus.MustNewConstMetric(descCacheEntries, prometheus.GaugeValue, float64(s.cache.Len()))
+	}
+	if s.counters != nil {
+		for _, q := range s.counters.Snapshot() {
+			label := strconv.Itoa(int(q.Queue))
+			ch <- prometheus.MustNewConstMetric(descQueuePackets, prometheus.CounterValue, float64(q.Packets), label)
+			ch <- prometheus.MustNewConstMetric(descQueueReadErrs, prometheus.CounterValue, float64(q.ReadErrors), label)
+			ch <- prometheus.MustNewConstMetric(descQueueVerdErrs, prometheus.CounterValue, float64(q.VerdictErrors), label)
+		}
+	}
+	f, err := os.Open(s.procPath)
+	if err != nil {
+		// Absent until the first queue is bound, or without the module.
+		return
+	}
+	defer f.Close()
+	queues, err := parseProcNFQueue(f)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descNFQTotal, err)
+		return
+	}
+	for _, q := range queues {
+		label := strconv.FormatUint(uint64(q.queue), 10)
+		ch <- prometheus.MustNewConstMetric(descNFQTotal, prometheus.GaugeValue, float64(q.total), label)
+		ch <- prometheus.MustNewConstMetric(descNFQDropped, prometheus.GaugeValue, float64(q.dropped), label)
+		ch <- prometheus.MustNewConstMetric(descNFQUserDropped, prometheus.GaugeValue, float64(q.userDropped), label)
+		ch <- prometheus.MustNewConstMetric(descNFQPacketID, prometheus.GaugeValue, float64(q.packetID), label)
+	}
+}
+
+// procQueue is one line of /proc/net/netfilter/nfnetlink_queue.
+type procQueue struct {
+	queue, total, dropped, userDropped, packetID uint64
+}
+
+// parseProcNFQueue reads the kernel's NFQUEUE table. Each line holds: queue
+// number, peer port id, packets waiting, copy mode, copy range, packets
+// dropped (queue full), packets dropped by netlink (user), last packet id,
+// and a constant 1.
+func parseProcNFQueue(r io.Reader) ([]procQueue, error) {
+	var out []procQueue
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		if len(fields) < 8 {
+			return nil, fmt.Errorf("%s: line %q has %d fields, want at least 8", procNFQueue, sc.Text(), len(fields))
+		}
+		var v [8]uint64
+		for i := range v {
+			n, err := strconv.ParseUint(fields[i], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: line %q: %w", procNFQueue, sc.Text(), err)
+			}
+			v[i] = n
+		}
+		out = append(out, procQueue{queue: v[0], total: v[2], dropped: v[5], userDropped: v[6], packetID: v[7]})
+	}
+	if err := sc.Err(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read %s: %w", procNFQueue, err)
+	}
+	return out, nil
+}
