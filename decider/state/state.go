@@ -21,6 +21,8 @@ type View struct {
 	// one with every publication.
 	Generation uint64
 	Snapshot   *engine.Snapshot
+	// CompileTime is how long engine.Compile took for this snapshot.
+	CompileTime time.Duration
 }
 
 // State holds the current View and wakes watchers when it changes.
@@ -48,14 +50,16 @@ func (s *State) Changed() <-chan struct{} {
 
 // Publish compiles in and makes it the current View.
 func (s *State) Publish(in engine.Input) *View {
+	start := time.Now()
 	snap := engine.Compile(in)
+	took := time.Since(start)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var gen uint64 = 1
 	if old := s.cur.Load(); old != nil {
 		gen = old.Generation + 1
 	}
-	v := &View{Generation: gen, Snapshot: snap}
+	v := &View{Generation: gen, Snapshot: snap, CompileTime: took}
 	s.cur.Store(v)
 	close(s.changed)
 	s.changed = make(chan struct{})

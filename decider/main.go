@@ -1,0 +1,250 @@
+// Command decider answers Tollgate's connection verdicts. It watches the
+// Kubernetes API (or manifest files), compiles the policies into snapshots
+// and serves tollgate.v1.DeciderService on a Unix socket.
+//
+//	decider [--kubeconfig PATH | --manifests DIR] [--socket PATH] [--node-name NAME]
+//	decider healthcheck [--socket PATH]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tollgate/tollgate/decider/api"
+	"github.com/tollgate/tollgate/decider/engine"
+	"github.com/tollgate/tollgate/decider/source"
+	"github.com/tollgate/tollgate/decider/state"
+	"github.com/tollgate/tollgate/internal/version"
+)
+
+const defaultSocket = "/run/tollgate/decider.sock"
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(os.Args[2:]))
+	}
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "decider:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
+	settle                                                         time.Duration
+	printVersion                                                   bool
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("decider", flag.ContinueOnError)
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when neither this nor --manifests is set")
+	fs.StringVar(&c.manifests, "manifests", "", "read objects from *.yaml, *.yml and *.json files in this directory instead of the Kubernetes API")
+	fs.StringVar(&c.socket, "socket", defaultSocket, "Unix socket to serve the gRPC API on (created with mode 0660)")
+	fs.StringVar(&c.nodeName, "node-name", "", "this node's name: whose pods Watch reports (default $NODE_NAME, then the hostname)")
+	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
+	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.kubeconfig != "" && c.manifests != "" {
+		return c, errors.New("--kubeconfig and --manifests are mutually exclusive")
+	}
+	if c.nodeName == "" {
+		c.nodeName = os.Getenv("NODE_NAME")
+	}
+	if c.nodeName == "" {
+		c.nodeName, _ = os.Hostname()
+	}
+	return c, nil
+}
+
+func run(args []string) error {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if cfg.printVersion {
+		fmt.Println(version.Version)
+		return nil
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	src, err := newSource(cfg, log)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := api.NewMetrics(reg)
+	st := state.New()
+	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics})
+
+	lis, err := api.Listen(cfg.socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.socket)
+	g := srv.NewGRPCServer()
+	log.Info("decider starting", "version", version.Version, "socket", cfg.socket, "node", cfg.nodeName, "source", sourceName(cfg))
+
+	errs := make(chan error, 3)
+	go func() { errs <- g.Serve(lis) }()
+	if cfg.metricsAddr != "" {
+		go func() { errs <- serveMetrics(ctx, cfg.metricsAddr, reg, st) }()
+	}
+	go func() {
+		if err := src.Run(ctx, st.Trigger); err != nil {
+			errs <- fmt.Errorf("source: %w", err)
+		}
+	}()
+	warned := map[string]bool{}
+	go st.Run(ctx, cfg.settle, src.HasSynced, func() engine.Input { return src.Input() }, func(v *state.View) {
+		stats := v.Snapshot.Stats()
+		log.Info("snapshot published", "generation", v.Generation, "pods", stats.Pods, "policies",
+			stats.NetworkPolicies+stats.AdminNetworkPolicies+stats.BaselineAdminNetworkPolicies+stats.ClusterNetworkPolicies,
+			"selectedPods", stats.SelectedPods, "compile", v.CompileTime)
+		for _, w := range v.Snapshot.Warnings() {
+			if !warned[w] {
+				warned[w] = true
+				log.Warn("policy warning", "msg", w)
+			}
+		}
+		metrics.Published(v.Generation, v.CompileTime, stats)
+		if v.Generation == 1 {
+			srv.MarkServing()
+		}
+	})
+
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+	}
+	log.Info("decider stopping")
+	srv.Shutdown()
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		g.Stop()
+	}
+	return err
+}
+
+func sourceName(cfg config) string {
+	switch {
+	case cfg.manifests != "":
+		return "manifests:" + cfg.manifests
+	case cfg.kubeconfig != "":
+		return "kubeconfig:" + cfg.kubeconfig
+	}
+	return "in-cluster"
+}
+
+func newSource(cfg config, log *slog.Logger) (source.Source, error) {
+	if cfg.manifests != "" {
+		if fi, err := os.Stat(cfg.manifests); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--manifests %s: not a readable directory", cfg.manifests)
+		}
+		return source.NewManifests(cfg.manifests, source.ManifestsOptions{Logger: log}), nil
+	}
+	var rc *rest.Config
+	var err error
+	if cfg.kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+		if err != nil {
+			err = fmt.Errorf("not running in a cluster and neither --kubeconfig nor --manifests was given: %w", err)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	rc.UserAgent = "tollgate-decider/" + version.Version
+	return source.NewKube(rc, source.KubeOptions{Logger: log})
+}
+
+// serveMetrics serves /metrics, /healthz (the process runs) and /readyz (a
+// snapshot is published).
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, st *state.State) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if st.Current() == nil {
+			http.Error(w, "not synced", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	hs := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); _ = hs.Close() }()
+	if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+// healthcheck asks the decider's gRPC health service and exits 0 only for
+// SERVING. The Kubernetes probes run it.
+func healthcheck(args []string) int {
+	fs := flag.NewFlagSet("decider healthcheck", flag.ContinueOnError)
+	socket := fs.String("socket", defaultSocket, "the decider's Unix socket")
+	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for an answer")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	conn, err := grpc.NewClient("unix://"+*socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "healthcheck:", err)
+		return 1
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "healthcheck:", err)
+		return 1
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		fmt.Fprintln(os.Stderr, "healthcheck:", resp.GetStatus())
+		return 1
+	}
+	return 0
+}
