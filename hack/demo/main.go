@@ -55,6 +55,7 @@ func main() {
 type demoPod struct {
 	key   string // namespace/name
 	ip    netip.Addr
+	ip6   netip.Addr
 	ports []uint16
 	host  *netsim.Pod
 }
@@ -104,7 +105,7 @@ func run(ctx context.Context, bin string, keep bool) (err error) {
 		return err
 	}
 	for _, p := range pods {
-		if p.host, err = topo.AddPod(node, strings.ReplaceAll(p.key, "/", "-"), p.ip, netip.Addr{}); err != nil {
+		if p.host, err = topo.AddPod(node, strings.ReplaceAll(p.key, "/", "-"), p.ip, p.ip6); err != nil {
 			return err
 		}
 		for _, port := range p.ports {
@@ -199,6 +200,14 @@ func examplePods(cluster []byte) ([]*demoPod, string, error) {
 			continue
 		}
 		dp := &demoPod{key: p.Namespace + "/" + p.Name, ip: ip}
+		for _, pip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(pip.IP); err == nil && a.Is6() {
+				dp.ip6 = a
+			}
+		}
+		if !dp.ip6.IsValid() {
+			return nil, "", fmt.Errorf("cluster.yaml: pod %s has no IPv6 address", dp.key)
+		}
 		for _, c := range p.Spec.Containers {
 			for _, cp := range c.Ports {
 				if cp.Protocol == "" || cp.Protocol == corev1.ProtocolTCP {
