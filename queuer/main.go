@@ -28,6 +28,7 @@ import (
 	"github.com/tollgate/tollgate/internal/version"
 	"github.com/tollgate/tollgate/queuer/cache"
 	"github.com/tollgate/tollgate/queuer/client"
+	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/dataplane"
 	"github.com/tollgate/tollgate/queuer/nfq"
 )
@@ -47,6 +48,7 @@ type options struct {
 	cacheTTL       time.Duration
 	kernelCacheTTL time.Duration
 	decideTimeout  time.Duration
+	cutEstablished bool
 	showVersion    bool
 }
 
@@ -66,6 +68,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.cacheTTL, "cache-ttl", time.Minute, "lifetime of userspace verdict-cache entries (a safety net; generations invalidate them)")
 	fs.DurationVar(&o.kernelCacheTTL, "kernel-cache-ttl", time.Minute, "timeout of kernel verdict-cache entries, whole seconds")
 	fs.DurationVar(&o.decideTimeout, "decide-timeout", 250*time.Millisecond, "how long a packet waits for the decider before the fail mode applies")
+	fs.BoolVar(&o.cutEstablished, "cut-established", true, "after each policy change, cut established connections of selected pods that policy now denies")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -166,6 +169,16 @@ func run(ctx context.Context, o options) error {
 	defer cancelBg()
 	wg.Go(func() { dec.Run(bg) })
 	wg.Go(func() { batcher.Run(bg) })
+	var cutter *flowCutter
+	if o.cutEstablished {
+		table, err := conntrack.Dial()
+		if err != nil {
+			return err
+		}
+		defer table.Close()
+		cutter = newFlowCutter(table, dec, dp, time.Second)
+		wg.Go(func() { cutter.Run(bg) })
+	}
 	wg.Go(func() {
 		_ = dec.Watch(bg, o.nodeName, func(u client.WatchUpdate) {
 			if err := h.applyWatch(bg, dp, u); err != nil {
@@ -173,6 +186,9 @@ func run(ctx context.Context, o options) error {
 				return
 			}
 			slog.Info("decider state applied", "generation", u.Generation, "ipv4", len(u.IPv4), "ipv6", len(u.IPv6))
+			if cutter != nil {
+				cutter.Trigger(u)
+			}
 		})
 	})
 	if srv != nil {

@@ -159,7 +159,7 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 
 	rule(chainClassify, "ct state established,related accept")
 	rule(chainClassify, "icmpv6 type "+ndTypes+" accept")
-	rule(chainClassify, "ct state != new accept")
+	rule(chainClassify, "ct state untracked accept")
 	rule(chainClassify, "ip saddr @"+setSelected4+" goto "+chainDecide4)
 	rule(chainClassify, "ip daddr @"+setSelected4+" goto "+chainDecide4)
 	rule(chainClassify, "ip6 saddr @"+setSelected6+" goto "+chainDecide6)

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tollgate/tollgate/queuer/client"
+	"github.com/tollgate/tollgate/queuer/conntrack"
+	"github.com/tollgate/tollgate/queuer/dataplane"
+)
+
+// flowCutter re-evaluates established flows of selected pods whenever the
+// decider announces a new generation, and cuts those policy now denies.
+// Established packets never leave the kernel, so without it a connection
+// accepted before a deny policy would live on.
+//
+// A cut puts the flow's tuple, in both directions, into the kernel deny
+// sets and then deletes its conntrack entry: the flow's next packet, from
+// either end, is picked up as new (or invalid) and dropped by the deny set.
+type flowCutter struct {
+	cutter  *conntrack.Cutter
+	dec     decider
+	timeout time.Duration
+
+	kick     chan struct{}
+	mu       sync.Mutex
+	selected []netip.Addr
+}
+
+func newFlowCutter(table conntrack.Table, dec decider, store verdictStore, timeout time.Duration) *flowCutter {
+	c := conntrack.NewCutter(table)
+	c.BeforeDelete = func(ctx context.Context, f conntrack.Flow) error {
+		return store.AddVerdicts(ctx, []dataplane.Verdict{
+			{Src: f.Src, Dst: f.Dst, Proto: f.Proto, DstPort: f.DstPort},
+			{Src: f.Dst, Dst: f.Src, Proto: f.Proto, DstPort: f.SrcPort},
+		})
+	}
+	c.FromHost = hostAddress
+	return &flowCutter{cutter: c, dec: dec, timeout: timeout, kick: make(chan struct{}, 1)}
+}
+
+// Trigger asks for a re-evaluation against the given selected pod IPs.
+// Triggers that arrive while one is pending merge into it.
+func (f *flowCutter) Trigger(u client.WatchUpdate) {
+	f.mu.Lock()
+	f.selected = append(slices.Clone(u.IPv4), u.IPv6...)
+	f.mu.Unlock()
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run cuts after each trigger until ctx ends.
+func (f *flowCutter) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.kick:
+		}
+		f.mu.Lock()
+		selected := f.selected
+		f.mu.Unlock()
+		start := time.Now()
+		n, err := f.cutter.Cut(ctx, selected, f.decide)
+		if err != nil {
+			slog.Warn("cutting denied flows failed", "err", err)
+		}
+		if n > 0 {
+			slog.Info("cut established flows that policy now denies", "flows", n, "took", time.Since(start))
+		}
+	}
+}
+
+func (f *flowCutter) decide(ctx context.Context, fl conntrack.Flow) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	r, err := f.dec.Decide(ctx, client.Query{Src: fl.Src, Dst: fl.Dst, Proto: fl.Proto, DstPort: fl.DstPort, ViaService: fl.ViaService || fl.Src == fl.Dst})
+	return r.Allow, err
+}
+
+// hostAddress reports whether ip is assigned to this network namespace:
+// flows the host itself opened are never judged by the dataplane.
+func hostAddress(ip netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == ip.Unmap() {
+			return true
+		}
+	}
+	return false
+}
