@@ -8,11 +8,13 @@ import (
 	"sync"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	networkinginformers "k8s.io/client-go/informers/networking/v1"
@@ -62,6 +64,10 @@ type Kube struct {
 	log      *slog.Logger
 	interval time.Duration
 	disc     resourceDiscovery
+	// canWatch, when set, asks the API server whether this client may list
+	// and watch a resource; kinds it may not watch are run without, like
+	// kinds that are not served (an install flavour without their RBAC).
+	canWatch func(ctx context.Context, groupVersion, resource string) (bool, error)
 
 	pods, namespaces, nodes, networkPolicies cache.SharedIndexInformer
 	crds                                     []*crdKind
@@ -89,6 +95,8 @@ type crdKind struct {
 	// missingLogged is true once "not served" was logged, so it is said
 	// once rather than at every check.
 	missingLogged bool
+	// forbiddenLogged is the same for "served but not permitted".
+	forbiddenLogged bool
 }
 
 // NewKube returns a source that watches the API server cfg points to. Core
@@ -110,7 +118,34 @@ func NewKube(cfg *rest.Config, opts KubeOptions) (*Kube, error) {
 	if err != nil {
 		return nil, fmt.Errorf("discovery client: %w", err)
 	}
-	return newKube(kc, pc, dc, opts), nil
+	k := newKube(kc, pc, dc, opts)
+	k.canWatch = func(ctx context.Context, groupVersion, resource string) (bool, error) {
+		return selfCanWatch(ctx, kc, groupVersion, resource)
+	}
+	return k, nil
+}
+
+// selfCanWatch asks the API server (SelfSubjectAccessReview) whether this
+// client may list and watch resource cluster-wide.
+func selfCanWatch(ctx context.Context, kc kubernetes.Interface, groupVersion, resource string) (bool, error) {
+	gv, err := schema.ParseGroupVersion(groupVersion)
+	if err != nil {
+		return false, err
+	}
+	for _, verb := range []string{"list", "watch"} {
+		r, err := kc.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: verb, Group: gv.Group, Version: gv.Version, Resource: resource,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return false, fmt.Errorf("access review for %s %s: %w", verb, resource, err)
+		}
+		if !r.Status.Allowed {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // newKube builds a Kube from clients; tests pass fakes.
@@ -298,6 +333,21 @@ func (k *Kube) checkCRDs(ctx context.Context, wg *sync.WaitGroup) bool {
 		rs := served[c.groupVersion]
 		if rs == nil {
 			continue
+		}
+		if rs[c.resource] && c.informer == nil && k.canWatch != nil {
+			ok, err := k.canWatch(ctx, c.groupVersion, c.resource)
+			if err != nil {
+				k.log.Warn("cannot check access; will retry", "kind", c.kind, "err", err)
+				continue
+			}
+			if !ok {
+				if !c.forbiddenLogged {
+					k.log.Warn("kind is served but this ServiceAccount may not list and watch it; running without it (install the flavour that grants it)",
+						"kind", c.kind, "groupVersion", c.groupVersion)
+					c.forbiddenLogged = true
+				}
+				continue
+			}
 		}
 		switch {
 		case rs[c.resource] && c.informer == nil:
