@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -238,16 +239,41 @@ func (s *selector) keyOrAll() string {
 	return s.key()
 }
 
-// key is a canonical text form of a compiled selector, for sharing.
+// key is a canonical text form of a compiled selector, for sharing. Fields
+// are separated by bytes that labels cannot contain.
 func (s *selector) key() string {
 	if s.none {
-		return "!none"
+		return "\x00none"
 	}
 	var b strings.Builder
 	for _, r := range s.reqs {
-		fmt.Fprintf(&b, "%q%d%q;", r.key, r.op, r.values)
+		b.WriteString(r.key)
+		b.WriteByte(0)
+		b.WriteByte('0' + byte(r.op))
+		for _, v := range r.values {
+			b.WriteByte(0)
+			b.WriteString(v)
+		}
+		b.WriteByte(1)
 	}
 	return b.String()
+}
+
+// portsKey is a canonical text form of a compiled port set.
+func (ps portSet) key(b *strings.Builder) {
+	if ps.any {
+		b.WriteString("*")
+	}
+	for _, e := range ps.entries {
+		b.WriteByte('0' + byte(e.proto))
+		b.WriteString(strconv.Itoa(int(e.lo)))
+		b.WriteByte('-')
+		b.WriteString(strconv.Itoa(int(e.hi)))
+		b.WriteByte(0)
+		b.WriteString(e.name)
+		b.WriteByte(1)
+	}
+	b.WriteByte(2)
 }
 
 // ---- cluster-scoped policies ----------------------------------------------
@@ -750,7 +776,10 @@ func policyTypes(np *networkingv1.NetworkPolicy) [2]bool {
 func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) *npRule {
 	r := npRule{allPeers: len(peers) == 0, ports: c.npPorts(ref, ports)}
 	var key strings.Builder
-	fmt.Fprintf(&key, "%v|%v|", r.allPeers, r.ports)
+	if r.allPeers {
+		key.WriteString("all")
+	}
+	r.ports.key(&key)
 	for _, p := range peers {
 		switch {
 		case p.IPBlock != nil:
@@ -776,7 +805,11 @@ func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.N
 			}
 			if peer.ipBlock {
 				r.peers = append(r.peers, peer)
-				fmt.Fprintf(&key, "ip%v%v;", peer.cidr, peer.except)
+				key.WriteString("ip" + peer.cidr.String())
+				for _, x := range peer.except {
+					key.WriteString("!" + x.String())
+				}
+				key.WriteByte(2)
 			}
 		case p.NamespaceSelector != nil:
 			nsSel := c.selector(ref, "namespaceSelector", p.NamespaceSelector)
@@ -787,14 +820,14 @@ func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.N
 				}
 			}
 			r.peers = append(r.peers, npPeer{ns: c.nsSetFor(nsSel), pods: pods})
-			fmt.Fprintf(&key, "ns%s/%s;", nsSel.key(), pods.keyOrAll())
+			key.WriteString("ns" + nsSel.key() + "\x02" + pods.keyOrAll() + "\x02")
 		case p.PodSelector != nil:
 			pods := c.selector(ref, "podSelector", p.PodSelector)
 			if pods.empty() {
 				pods = nil
 			}
 			r.peers = append(r.peers, npPeer{ns: c.nsSetOf(policyNS), pods: pods})
-			fmt.Fprintf(&key, "in%q/%s;", policyNS, pods.keyOrAll())
+			key.WriteString("in" + policyNS + "\x02" + pods.keyOrAll() + "\x02")
 		default:
 			c.warnf("%s: a peer sets none of podSelector, namespaceSelector, ipBlock; it matches nothing", ref)
 		}
