@@ -51,7 +51,7 @@ verify-proto: proto ## Fail if the committed generated code drifts from the .pro
 	@test -z "$$(git status --porcelain -- proto/)" || { git status --porcelain -- proto/; echo "untracked generated files: run 'make proto' and commit"; exit 1; }
 
 # ---- checks and tests -------------------------------------------------------
-GO_PACKAGES = $(shell go list ./... | grep -v /test/e2e)
+GO_PACKAGES = $(shell go list ./... | grep -v -e /test/e2e -e /test/conformance)
 
 .PHONY: lint
 lint: $(TOOLBIN)/buf ## gofmt, go vet and buf lint.
@@ -68,8 +68,13 @@ verify: verify-proto verify-manifests ## Generated code and manifests match thei
 unit: ## Unit and integration tests of every package, with the race detector.
 	go test -race -count=1 -timeout 20m $(GO_PACKAGES)
 
+.PHONY: conformance
+conformance: e2e-deps kube-apiserver ## The whole system on two simulated nodes against a real apiserver (root). RUN=<regexp> picks cases.
+	go test -count=1 -timeout 30m -v ./test/conformance/ $(if $(RUN),-run '$(RUN)') 2>&1 | \
+		grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|enforced|mismatch|observed|reachable|setup:' ; exit $${PIPESTATUS[0]}
+
 .PHONY: test
-test: e2e-deps tools kube-apiserver lint verify unit ## Everything CI runs.
+test: e2e-deps tools kube-apiserver lint verify unit conformance ## Everything CI runs.
 
 .PHONY: demo
 demo: e2e-deps build ## Real packets, real verdicts: the example policies on a simulated node (as root).
