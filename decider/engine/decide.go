@@ -31,19 +31,11 @@ func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple,
 
 	// Admin tier: first matching rule of the policies in priority order.
 	// Allow and Deny are final; Pass skips the rest of the tier.
-admin:
-	for _, p := range subject.admin[dir] {
-		for i := range p.rules[dir] {
-			r := &p.rules[dir][i]
-			if !s.ruleMatches(r, peer, t, dstPod) {
-				continue
-			}
-			if r.action == ActionPass {
-				e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
-				break admin
-			}
+	if p, r := s.firstMatch(subject.admin[dir], dir, peer, t, dstPod); r != nil {
+		if r.action != ActionPass {
 			return e.decided(p.tier, p.ref, r.index, r.name, r.action)
 		}
+		e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
 	}
 
 	// NetworkPolicy: once any policy isolates the pod in this direction, only
@@ -59,22 +51,27 @@ admin:
 		return e.decided(TierNetworkPolicy, nps[0].ref, -1, "", ActionDeny)
 	}
 
-	// Baseline tier.
-	for _, p := range subject.baseline[dir] {
-		for i := range p.rules[dir] {
-			r := &p.rules[dir][i]
-			if !s.ruleMatches(r, peer, t, dstPod) {
-				continue
-			}
-			if r.action == ActionPass {
-				// A baseline Pass leaves the decision to the default.
-				e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
-				return e.decided(TierDefault, PolicyRef{}, -1, "", ActionAllow)
-			}
+	// Baseline tier. A Pass here leaves the decision to the default.
+	if p, r := s.firstMatch(subject.baseline[dir], dir, peer, t, dstPod); r != nil {
+		if r.action != ActionPass {
 			return e.decided(p.tier, p.ref, r.index, r.name, r.action)
 		}
+		e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
 	}
 	return e.decided(TierDefault, PolicyRef{}, -1, "", ActionAllow)
+}
+
+// firstMatch returns the first rule, in policy order then rule order, that
+// matches the connection.
+func (s *Snapshot) firstMatch(policies []*clusterPolicy, dir Direction, peer endpoint, t Tuple, dstPod *pod) (*clusterPolicy, *clusterRule) {
+	for _, p := range policies {
+		for i := range p.rules[dir] {
+			if r := &p.rules[dir][i]; s.ruleMatches(r, peer, t, dstPod) {
+				return p, r
+			}
+		}
+	}
+	return nil, nil
 }
 
 func (e Explanation) decided(tier Tier, ref PolicyRef, rule int, name string, a Action) Explanation {
