@@ -74,7 +74,7 @@ conformance: e2e-deps kube-apiserver ## The whole system on two simulated nodes 
 		grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|enforced|mismatch|observed|reachable|setup:' ; exit $${PIPESTATUS[0]}
 
 .PHONY: test
-test: e2e-deps tools kube-apiserver lint verify unit conformance ## Everything CI runs.
+test: e2e-deps tools kube-apiserver lint verify unit fuzz-short conformance ## Everything CI runs.
 
 .PHONY: demo
 demo: e2e-deps build ## Real packets, real verdicts: the example policies on a simulated node (as root).
