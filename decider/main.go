@@ -48,7 +48,7 @@ func main() {
 
 type config struct {
 	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
-	settle                                                         time.Duration
+	settle, crdCheck                                               time.Duration
 	printVersion                                                   bool
 }
 
@@ -61,6 +61,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.nodeName, "node-name", "", "this node's name: whose pods Watch reports (default $NODE_NAME, then the hostname)")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
+	fs.DurationVar(&c.crdCheck, "crd-check-interval", source.DefaultCRDCheckInterval, "how often to ask discovery which network-policy-api kinds are served")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -196,7 +197,7 @@ func newSource(cfg config, log *slog.Logger) (source.Source, error) {
 		return nil, err
 	}
 	rc.UserAgent = "tollgate-decider/" + version.Version
-	return source.NewKube(rc, source.KubeOptions{Logger: log})
+	return source.NewKube(rc, source.KubeOptions{Logger: log, CRDCheckInterval: cfg.crdCheck})
 }
 
 // serveMetrics serves /metrics, /healthz (the process runs) and /readyz (a

@@ -441,3 +441,7 @@ func (e *env) probeAll(targets []target) map[cell]bool {
 	wg.Wait()
 	return out
 }
+
+func grpcDial(sock string) (*grpc.ClientConn, error) {
+	return grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
