@@ -7,6 +7,8 @@ package integration
 import (
 	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -244,6 +246,34 @@ func (n *node) queued() int {
 	return total
 }
 
+// metric sums the samples of a Prometheus metric family served by the
+// queuer on 127.0.0.1:9080 inside the node namespace.
+func (n *node) metric(name string) float64 {
+	n.t.Helper()
+	var conn net.Conn
+	if err := netsim.RunInNS(n.node.Netns(), func() (err error) {
+		conn, err = net.DialTimeout("tcp", "127.0.0.1:9080", time.Second)
+		return err
+	}); err != nil {
+		n.t.Fatalf("metrics: %v", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\n\r\n"); err != nil {
+		n.t.Fatal(err)
+	}
+	body, _ := io.ReadAll(conn)
+	total := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			total += v
+		}
+	}
+	return total
+}
+
 type probe struct {
 	from, to string
 	proto    netsim.Proto
@@ -330,12 +360,17 @@ func TestFailModesWithDeciderDown(t *testing.T) {
 				probe{"a", "b", netsim.UDP, false, failOpen},
 				probe{"a", "c", netsim.TCP, false, true},
 			)
+			if got := n.metric("tollgate_fail_mode_verdicts_total"); got < 2 {
+				t.Errorf("fail-mode verdicts counted: %v, want at least the 2 probes of selected pods", got)
+			}
 			// The decider comes back: verdicts are right again.
 			n.startDecider()
+			healthy := time.Now()
 			n.eventually("correct verdicts after restart", 10*time.Second, func() bool {
 				ok, _ := netsim.Probe(n.pods["a"], n.pods["b"].IPv4, 80, netsim.SCTP, time.Second)
 				return ok
 			})
+			t.Logf("correct verdicts %v after the restarted decider became healthy", time.Since(healthy).Round(time.Millisecond))
 			n.check(probe{"c", "b", netsim.SCTP, false, false}, probe{"a", "b", netsim.TCP, true, true})
 		})
 	}
