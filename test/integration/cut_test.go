@@ -99,7 +99,7 @@ func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 	n.write("policy.yaml", allowBoth)
 	n.startDecider()
 	n.startQueuer(true)
-	n.eventually("y/b selected", 10*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
 	echoServer(t, n.pods["b"], "10.99.1.2:82")
 
 	fromX := dial(t, n.pods["a"], "10.99.1.2:82")

@@ -73,7 +73,7 @@ func TestQueueOverflow(t *testing.T) {
 			n.queuer = n.start("queuer", exec.Command("ip", "netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
 				"--decider-socket", n.socket, "--node-name", "node-1", "--queues", "1", "--queue-maxlen", "2", "--queue-workers", "1",
 				"--fail-open="+strconv.FormatBool(failOpen), "--decide-timeout", "2s", "--cache-size", "16", "--metrics-bind-address", ""))
-			n.eventually("y/b selected", 10*time.Second, func() bool { return n.selected("10.99.1.2") })
+			n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
 
 			var ok, failed atomic.Int64
 			var wg sync.WaitGroup

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -310,7 +312,7 @@ func TestQueuerEnforces(t *testing.T) {
 	}
 
 	n.write("policy.yaml", policyYAML)
-	n.eventually("y/b selected", 10*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
 	n.check(
 		probe{"a", "b", netsim.TCP, false, true}, probe{"c", "b", netsim.TCP, false, false},
 		probe{"a", "b", netsim.UDP, false, true}, probe{"c", "b", netsim.UDP, false, false},
@@ -351,7 +353,7 @@ func TestFailModesWithDeciderDown(t *testing.T) {
 			n.write("policy.yaml", policyYAML)
 			n.startDecider()
 			n.startQueuer(failOpen)
-			n.eventually("y/b selected", 10*time.Second, func() bool { return n.selected("10.99.1.2") })
+			n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
 			stop(n.decider)
 			// New tuples of the selected pod get the fail mode; pods no
 			// policy selects are untouched either way.
@@ -383,10 +385,52 @@ func TestFailClosedSurvivesQueuerExit(t *testing.T) {
 	n.write("policy.yaml", policyYAML)
 	n.startDecider()
 	n.startQueuer(false)
-	n.eventually("y/b selected", 10*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
 	stop(n.queuer)
 	n.check(probe{"c", "b", netsim.TCP, false, false}, probe{"a", "c", netsim.TCP, false, true})
 	if _, err := netsim.Exec(n.node.Netns(), "nft", "list", "table", "inet", "tollgate"); err != nil {
 		t.Errorf("fail-closed queuer removed its table on exit: %v", err)
+	}
+}
+
+// TestFailClosedQueuerKilledAndRestarted: SIGKILL the fail-closed queuer and
+// start a new one while a denied connection is attempted over and over: it
+// never gets through, and allowed connections work again after the restart.
+func TestFailClosedQueuerKilledAndRestarted(t *testing.T) {
+	n := newNode(t)
+	n.write("policy.yaml", policyYAML)
+	n.startDecider()
+	n.startQueuer(false)
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"c", "b", netsim.TCP, false, false})
+
+	var leaked atomic.Int64
+	stopProbing := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for port := uint16(80); ; port = 161 - port { // alternate 80 and 81
+			select {
+			case <-stopProbing:
+				return
+			default:
+			}
+			if ok, _ := netsim.Probe(n.pods["c"], n.pods["b"].IPv4, port, netsim.TCP, 300*time.Millisecond); ok {
+				leaked.Add(1)
+			}
+		}
+	})
+	_ = syscall.Kill(-n.queuer.Process.Pid, syscall.SIGKILL)
+	_ = n.queuer.Wait()
+	time.Sleep(500 * time.Millisecond)
+	n.startQueuer(false)
+	n.eventually("allowed traffic after the restart", 10*time.Second, func() bool {
+		ok, _ := netsim.Probe(n.pods["a"], n.pods["b"].IPv4, 80, netsim.TCP, 500*time.Millisecond)
+		return ok
+	})
+	time.Sleep(500 * time.Millisecond)
+	close(stopProbing)
+	wg.Wait()
+	if leaked.Load() > 0 {
+		t.Errorf("%d denied connections got through while the queuer was killed and restarted", leaked.Load())
 	}
 }
