@@ -70,7 +70,7 @@ func Reason(e engine.Explanation) string {
 	if e.RuleName != "" {
 		rule += fmt.Sprintf(" %q", e.RuleName)
 	}
-	return fmt.Sprintf("%s: %s %s (%s) %s%s", who, policyName(e.Policy), rule, e.Action, verb, pass)
+	return fmt.Sprintf("%s: %s %s %s%s", who, policyName(e.Policy), rule, verb, pass)
 }
 
 func policyName(p engine.PolicyRef) string {

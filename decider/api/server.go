@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"time"
@@ -115,7 +116,9 @@ func (s *Server) DecideStream(stream tollgatev1.DeciderService_DecideStreamServe
 	for {
 		req, err := stream.Recv()
 		if err != nil {
-			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+			// io.EOF is the client closing its side: a clean end, not an
+			// error to report back as Unknown.
+			if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 				return nil
 			}
 			return err

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -161,6 +162,35 @@ func TestDecideStreamPipelinedAndBatched(t *testing.T) {
 	}
 	if !strings.HasPrefix(got[3].GetError(), "dst_addr:") || got[1].GetGeneration() != 1 {
 		t.Errorf("results: %v", got)
+	}
+	// Closing the sending side ends the stream cleanly.
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stream.Recv(); err != io.EOF {
+		t.Errorf("after CloseSend: %v %v, want io.EOF", resp, err)
+	}
+}
+
+func TestDecideStreamBeforeFirstSnapshot(t *testing.T) {
+	client, _, _, _ := startServer(t, state.New())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := client.DecideStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &tollgatev1.Query{Id: 7, SrcAddr: []byte{10, 0, 0, 1}, DstAddr: []byte{10, 0, 0, 2}, Protocol: tollgatev1.Protocol_PROTOCOL_TCP, DstPort: 80}
+	if err := stream.Send(&tollgatev1.DecideStreamRequest{Queries: []*tollgatev1.Query{q}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resp.GetResults()
+	if len(r) != 1 || r[0].GetId() != 7 || r[0].GetVerdict() != tollgatev1.Verdict_VERDICT_UNSPECIFIED || r[0].GetError() != "no snapshot yet" {
+		t.Errorf("got %v, want one result with error \"no snapshot yet\"", r)
 	}
 }
 
