@@ -51,7 +51,7 @@ verify-proto: proto ## Fail if the committed generated code drifts from the .pro
 	@test -z "$$(git status --porcelain -- proto/)" || { git status --porcelain -- proto/; echo "untracked generated files: run 'make proto' and commit"; exit 1; }
 
 # ---- checks and tests -------------------------------------------------------
-GO_PACKAGES = $(shell go list ./... | grep -v -e /test/e2e -e /test/conformance)
+GO_PACKAGES = $(shell go list ./... | grep -v -e /test/e2e -e /test/conformance -e /test/faults)
 
 .PHONY: lint
 lint: $(TOOLBIN)/buf ## gofmt, go vet and buf lint.
@@ -72,6 +72,10 @@ unit: ## Unit and integration tests of every package, with the race detector.
 conformance: e2e-deps kube-apiserver ## The whole system on two simulated nodes against a real apiserver (root). RUN=<regexp> picks cases.
 	go test -count=1 -timeout 30m -v ./test/conformance/ $(if $(RUN),-run '$(RUN)') 2>&1 | \
 		grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|enforced|mismatch|observed|reachable|setup:' ; exit $${PIPESTATUS[0]}
+
+.PHONY: faults
+faults: e2e-deps kube-apiserver ## Longer fault tests with real processes (root); not yet in make test: one unexplained failure in four -race runs.
+	go test -count=1 -timeout 15m -v ./test/faults/
 
 .PHONY: test
 test: e2e-deps tools kube-apiserver lint verify unit fuzz-short conformance ## Everything CI runs.
