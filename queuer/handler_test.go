@@ -504,3 +504,63 @@ func value(t *testing.T, c prometheus.Metric) float64 {
 	}
 	return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 }
+
+func TestMetricsBypassed(t *testing.T) {
+	gather := func(m *metrics) map[string]float64 {
+		t.Helper()
+		mfs, err := m.registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			for _, mt := range mf.GetMetric() {
+				name := mf.GetName()
+				for _, l := range mt.GetLabel() {
+					name += "," + l.GetName() + "=" + l.GetValue()
+				}
+				out[name] = mt.GetCounter().GetValue()
+			}
+		}
+		return out
+	}
+	// The proc file holds queue 100 (nothing dropped or waiting) and 101
+	// (7 dropped, 2 dropped by netlink, 3 waiting): 12 packets accounted for.
+	sent := uint64(100)
+	m := newMetrics(nil, nfq.NewCounters(100, 2), "testdata/nfnetlink_queue")
+	if _, ok := gather(m)["tollgate_queue_bypassed_total,verdict=accept"]; ok {
+		t.Fatal("bypassed reported before countBypass")
+	}
+	m.countBypass(func(context.Context) (uint64, error) { return sent, nil }, true)
+	for _, step := range []struct {
+		sent uint64
+		want float64
+	}{
+		{100, 88},
+		{150, 138},
+		{140, 138}, // a lower reading never takes the counter back
+		{5, 138},
+	} {
+		sent = step.sent
+		v := gather(m)
+		if got := v["tollgate_queue_bypassed_total,verdict=accept"]; got != step.want {
+			t.Errorf("sent %d: bypassed = %v, want %v", step.sent, got, step.want)
+		}
+		if got := v["tollgate_queue_sent_total"]; got != float64(step.sent) {
+			t.Errorf("sent %d: sent_total = %v", step.sent, got)
+		}
+	}
+	// Other programs' queues do not count against ours; fail-closed labels
+	// the bypass as dropped.
+	m = newMetrics(nil, nfq.NewCounters(100, 1), "testdata/nfnetlink_queue")
+	m.countBypass(func(context.Context) (uint64, error) { return 20, nil }, false)
+	if got := gather(m)["tollgate_queue_bypassed_total,verdict=drop"]; got != 20 {
+		t.Errorf("fail-closed, queue 100 only: bypassed = %v, want 20", got)
+	}
+	// A failing read is reported as an error metric, not a zero.
+	m = newMetrics(nil, nfq.NewCounters(100, 2), "testdata/nfnetlink_queue")
+	m.countBypass(func(context.Context) (uint64, error) { return 0, errors.New("nft gone") }, true)
+	if _, err := m.registry.Gather(); err == nil || !strings.Contains(err.Error(), "nft gone") {
+		t.Errorf("gather with failing counter read: err = %v", err)
+	}
+}

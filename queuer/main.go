@@ -161,6 +161,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("dataplane setup: %w", err)
 	}
 	setUp.Store(true)
+	m.countBypass(dp.QueuedPackets, o.failOpen)
 	defer shutdownDataplane(dp, o.failOpen)
 
 	var wg sync.WaitGroup

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +40,8 @@ type metrics struct {
 	kernelCacheDropped prometheus.Counter
 	kernelCacheStale   prometheus.Counter
 	kernelCacheErrors  prometheus.Counter
+
+	state *stateCollector
 }
 
 // newMetrics registers every metric. c and counters may be nil (tests);
@@ -97,12 +101,23 @@ func newMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *metric
 			Help: "Failed writes of verdict batches to the kernel cache.",
 		}),
 	}
+	m.state = &stateCollector{cache: c, counters: counters, procPath: procPath}
 	m.registry.MustRegister(m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
 		m.deciderErrors, m.parseErrors, m.generation, m.dataplaneMode,
 		m.kernelCacheDropped, m.kernelCacheStale, m.kernelCacheErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&stateCollector{cache: c, counters: counters, procPath: procPath})
+		m.state)
 	return m
+}
+
+// countBypass makes the metrics report the packets sent to the queues that
+// the kernel answered without the queuer. sent reads the dataplane's counter
+// of packets sent to NFQUEUE.
+func (m *metrics) countBypass(sent func(context.Context) (uint64, error), failOpen bool) {
+	m.state.mu.Lock()
+	defer m.state.mu.Unlock()
+	m.state.sent = sent
+	m.state.failOpen = failOpen
 }
 
 // observePacket records one answered packet.
@@ -129,6 +144,15 @@ var (
 	descNFQDropped     = prometheus.NewDesc("nfqueue_queue_dropped", "Packets the kernel dropped because the queue was full.", []string{"queue"}, nil)
 	descNFQUserDropped = prometheus.NewDesc("nfqueue_user_dropped", "Packets the kernel dropped because the netlink socket buffer was full.", []string{"queue"}, nil)
 	descNFQPacketID    = prometheus.NewDesc("nfqueue_packet_id", "Id of the last packet queued.", []string{"queue"}, nil)
+	descQueueSent      = prometheus.NewDesc("tollgate_queue_sent_total",
+		"Packets the nftables table sent to NFQUEUE since the queuer set it up.", nil, nil)
+	descQueueBypassed = prometheus.NewDesc("tollgate_queue_bypassed_total",
+		"Packets sent to NFQUEUE that the kernel answered without the queuer and without counting them "+
+			"in nfqueue_queue_dropped or nfqueue_user_dropped: let through (verdict=accept, fail-open) "+
+			"when the queue or the netlink socket was full or nobody was listening, or dropped "+
+			"(verdict=drop, fail-closed) while nobody was listening. Derived: sent minus read minus "+
+			"kernel drops minus packets waiting; it can lag by the packets in flight, never lead.",
+		[]string{"verdict"}, nil)
 )
 
 // stateCollector reads counters kept elsewhere at scrape time: the cache's,
@@ -137,19 +161,36 @@ type stateCollector struct {
 	cache    *cache.Cache
 	counters *nfq.Counters
 	procPath string
+
+	mu       sync.Mutex
+	sent     func(context.Context) (uint64, error) // nil: bypasses not counted
+	failOpen bool
+	bypassed uint64 // highest value reported, so the counter never goes back
 }
 
 // Describe implements prometheus.Collector.
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheExpired,
 		descCacheEntries, descQueuePackets, descQueueReadErrs, descQueueVerdErrs,
-		descNFQTotal, descNFQDropped, descNFQUserDropped, descNFQPacketID} {
+		descNFQTotal, descNFQDropped, descNFQUserDropped, descNFQPacketID, descQueueSent, descQueueBypassed} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Read the packets sent before what was done with them, so that packets
+	// in flight make the bypass count lag rather than lead.
+	var sent uint64
+	var sentErr error
+	if s.sent != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sent, sentErr = s.sent(ctx)
+		cancel()
+	}
+	var read uint64
 	if s.cache != nil {
 		st := s.cache.Stats()
 		ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(st.Hits))
@@ -160,22 +201,20 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.counters != nil {
 		for _, q := range s.counters.Snapshot() {
+			read += q.Packets
 			label := strconv.Itoa(int(q.Queue))
 			ch <- prometheus.MustNewConstMetric(descQueuePackets, prometheus.CounterValue, float64(q.Packets), label)
 			ch <- prometheus.MustNewConstMetric(descQueueReadErrs, prometheus.CounterValue, float64(q.ReadErrors), label)
 			ch <- prometheus.MustNewConstMetric(descQueueVerdErrs, prometheus.CounterValue, float64(q.VerdictErrors), label)
 		}
 	}
-	f, err := os.Open(s.procPath)
-	if err != nil {
-		// Absent until the first queue is bound, or without the module.
-		return
-	}
-	defer f.Close()
-	queues, err := parseProcNFQueue(f)
+	queues, err := readProcNFQueue(s.procPath)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(descNFQTotal, err)
 		return
+	}
+	if s.sent != nil {
+		s.collectBypass(ch, sent, sentErr, read, queues)
 	}
 	for _, q := range queues {
 		label := strconv.FormatUint(uint64(q.queue), 10)
@@ -184,6 +223,46 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descNFQUserDropped, prometheus.GaugeValue, float64(q.userDropped), label)
 		ch <- prometheus.MustNewConstMetric(descNFQPacketID, prometheus.GaugeValue, float64(q.packetID), label)
 	}
+}
+
+// collectBypass reports the packets sent to the queues and those the kernel
+// answered on its own without counting them: sent - read - dropped -
+// user-dropped - waiting. Only the queuer's own queues count.
+func (s *stateCollector) collectBypass(ch chan<- prometheus.Metric, sent uint64, sentErr error, read uint64, queues []procQueue) {
+	if sentErr != nil {
+		ch <- prometheus.NewInvalidMetric(descQueueSent, sentErr)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descQueueSent, prometheus.CounterValue, float64(sent))
+	accounted := read
+	for _, q := range queues {
+		if s.counters != nil && !s.counters.Has(uint16(q.queue)) {
+			continue
+		}
+		accounted += q.dropped + q.userDropped + q.total
+	}
+	if sent > accounted && sent-accounted > s.bypassed {
+		s.bypassed = sent - accounted
+	}
+	verdict := "drop"
+	if s.failOpen {
+		verdict = "accept"
+	}
+	ch <- prometheus.MustNewConstMetric(descQueueBypassed, prometheus.CounterValue, float64(s.bypassed), verdict)
+}
+
+// readProcNFQueue reads the NFQUEUE proc file; a missing file (no queue
+// bound yet, or no module) reads as no queues.
+func readProcNFQueue(path string) ([]procQueue, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseProcNFQueue(f)
 }
 
 // procQueue is one line of /proc/net/netfilter/nfnetlink_queue.

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -86,6 +87,8 @@ type Dataplane struct {
 	selected      map[netip.Addr]struct{}
 	selectedKnown bool
 	setUp         bool
+	// queuedBase is the queued counter's value when Setup ran.
+	queuedBase uint64
 }
 
 // New creates a Dataplane for the running kernel: nftables through the `nft`
@@ -194,12 +197,17 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	base, err := d.readQueued(ctx)
+	if err != nil {
+		return err
+	}
 	tx := d.nft.NewTransaction()
 	writeRuleset(tx, d.cfg, d.mode, stale)
 	if err := d.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("dataplane: install table %s: %w", TableName, err)
 	}
 	d.selected = adopted
+	d.queuedBase = base
 	d.selectedKnown = true
 	d.setUp = true
 
@@ -237,6 +245,50 @@ func (d *Dataplane) readSelected(ctx context.Context) (map[netip.Addr]struct{}, 
 		}
 	}
 	return out, nil
+}
+
+// readQueued returns the packets counter of the queued counter, 0 when there
+// is no table or counter yet.
+func (d *Dataplane) readQueued(ctx context.Context) (uint64, error) {
+	names, err := d.nft.List(ctx, "counter")
+	if knftables.IsNotFound(err) || (err == nil && !slices.Contains(names, counterQueued)) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("dataplane: list counters of table %s: %w", TableName, err)
+	}
+	counters, err := d.nft.ListCounters(ctx)
+	if knftables.IsNotFound(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("dataplane: list counters of table %s: %w", TableName, err)
+	}
+	for _, c := range counters {
+		// knftables' fake returns nil entries ahead of its counters.
+		if c != nil && c.Name == counterQueued && c.Packets != nil {
+			return *c.Packets, nil
+		}
+	}
+	return 0, nil
+}
+
+// QueuedPackets reports how many packets the table has sent to the queues
+// since Setup: those the queuer read, those the kernel dropped or (fail-open)
+// accepted because the queue was full, and those sent while nobody listened.
+func (d *Dataplane) QueuedPackets(ctx context.Context) (uint64, error) {
+	d.mu.Lock()
+	base := d.queuedBase
+	d.mu.Unlock()
+	n, err := d.readQueued(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if n < base {
+		// The table was recreated behind our back; it counts from zero.
+		return n, nil
+	}
+	return n - base, nil
 }
 
 // staleObjects lists the objects of an existing table that the current

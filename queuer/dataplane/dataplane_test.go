@@ -85,11 +85,11 @@ func TestQueueStatements(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := Config{FirstQueue: tc.first, QueueCount: tc.count, FailOpen: tc.failOpen}
 			_, nft, _ := newFake(t, ModeNFT, cfg)
-			if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != tc.nft {
+			if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued "+tc.nft {
 				t.Errorf("nft queue rule = %q, want %q", got, tc.nft)
 			}
 			_, nft, ipt := newFake(t, ModeXT, cfg)
-			if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "meta mark set meta mark | 0x00002000" {
+			if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued meta mark set meta mark | 0x00002000" {
 				t.Errorf("xt mark rule = %q", got)
 			}
 			want := "-A TOLLGATE " + tc.xt + "\n"
@@ -410,7 +410,7 @@ func TestModeSwitchRemovesXTRules(t *testing.T) {
 	if got := ipt.Dump(); got != "# iptables\n# ip6tables\n" {
 		t.Errorf("iptables after switching to nft mode:\n%s", got)
 	}
-	if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "queue num 100 bypass" {
+	if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued queue num 100 bypass" {
 		t.Errorf("queue rule = %q", got)
 	}
 }

@@ -345,6 +345,9 @@ func TestKernelFailModesWithPackets(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("fail-closed, b selected, no queue reader", "8080", false)
+	if n, err := closed.QueuedPackets(ctx); err != nil || n < 1 {
+		t.Errorf("fail-closed QueuedPackets = %d, %v; want at least 1", n, err)
+	}
 	if err := closed.AddVerdicts(ctx, []Verdict{allow8080}); err != nil {
 		t.Fatal(err)
 	}
@@ -378,6 +381,12 @@ func TestKernelFailModesWithPackets(t *testing.T) {
 	}
 	expect("fail-open, deny verdict cached in the kernel", "8080", false)
 	expect("fail-open, other port bypassed", "8081", true)
+	// Three connections went to a queue nobody reads and were let through
+	// (8080, the node's 9090, 8081): the counter in front of the queue saw
+	// at least their SYNs; the cached deny never reached it.
+	if n, err := open.QueuedPackets(ctx); err != nil || n < 3 {
+		t.Errorf("fail-open QueuedPackets = %d, %v; want at least 3", n, err)
+	}
 	if err := open.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}

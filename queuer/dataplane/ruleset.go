@@ -22,6 +22,11 @@ const (
 	chainDecide4  = "decide4"
 	chainDecide6  = "decide6"
 	chainToQueue  = "to-queue"
+
+	// counterQueued counts the packets the table hands to NFQUEUE, so that
+	// packets the kernel answers without the queuer (queue full in fail-open
+	// mode, nobody listening) can be told apart from those it read.
+	counterQueued = "queued"
 )
 
 // XTMark is the packet-mark bit that, in ModeXT, the nft table sets on
@@ -57,6 +62,8 @@ func desiredObject(kind, name string) bool {
 		case chainForward, chainInput, chainClassify, chainDecide4, chainDecide6, chainToQueue:
 			return true
 		}
+	case "counter":
+		return name == counterQueued
 	case "set":
 		switch name {
 		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6:
@@ -131,6 +138,9 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 		tx.Delete(&knftables.Map{Name: name})
 	}
 
+	// Added, never recreated: an adopted table keeps counting.
+	tx.Add(&knftables.Counter{Name: counterQueued,
+		Comment: knftables.PtrTo("packets sent to NFQUEUE")})
 	tx.Add(&knftables.Set{Name: setSelected4, Type: "ipv4_addr",
 		Comment: knftables.PtrTo("IPv4 addresses of local policy-selected pods")})
 	tx.Add(&knftables.Set{Name: setSelected6, Type: "ipv6_addr",
@@ -172,5 +182,5 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	rule(chainDecide6, tuple6+" @"+setDeny6+" drop")
 	rule(chainDecide6, "goto "+chainToQueue)
 
-	rule(chainToQueue, queueStatement(cfg, mode))
+	rule(chainToQueue, "counter name "+counterQueued+" "+queueStatement(cfg, mode))
 }

@@ -131,6 +131,9 @@ func (c *Counters) queue(q uint16) *queueCounters {
 	return &c.queues[i]
 }
 
+// Has reports whether queue q is one of the counted queues.
+func (c *Counters) Has(q uint16) bool { return c.queue(q) != nil }
+
 // Snapshot returns the current counters of every queue.
 func (c *Counters) Snapshot() []QueueStats {
 	out := make([]QueueStats, len(c.queues))

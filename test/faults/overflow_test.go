@@ -187,19 +187,33 @@ func testQueueOverflow(t *testing.T, failOpen bool) {
 		read, accepted, fake.queries.Load(), kernelDropped, after["nfqueue_user_dropped"]-before["nfqueue_user_dropped"],
 		after["tollgate_fail_mode_verdicts_total"]-before["tollgate_fail_mode_verdicts_total"])
 
-	if ruleAfter, ok := n.xtQueueRulePackets(); ok && ruleOK {
-		// The only trace of fail-open overflow: the queue rule saw packets
-		// that no queue reader ever got and the kernel did not count as
-		// dropped.
-		t.Logf("iptables NFQUEUE rule: +%v packets; not read and not counted as dropped: %v",
-			ruleAfter-ruleBefore, ruleAfter-ruleBefore-read-kernelDropped)
+	// Every packet sent to the queue is accounted for: read by the queuer,
+	// dropped by the kernel with a count, or answered by the kernel alone
+	// (fail-open overflow) and counted by tollgate_queue_bypassed_total.
+	sentQ := after["tollgate_queue_sent_total"] - before["tollgate_queue_sent_total"]
+	userDropped := after["nfqueue_user_dropped"] - before["nfqueue_user_dropped"]
+	bypassed := after["tollgate_queue_bypassed_total"] - before["tollgate_queue_bypassed_total"]
+	t.Logf("sent to the queue +%v, bypassed +%v", sentQ, bypassed)
+	if ruleAfter, ok := n.xtQueueRulePackets(); ok && ruleOK && ruleAfter-ruleBefore != sentQ {
+		// Both count the same packets: nft marks them, iptables queues them.
+		t.Errorf("tollgate_queue_sent_total grew by %v, the iptables NFQUEUE rule by %v", sentQ, ruleAfter-ruleBefore)
+	}
+	if unaccounted := sentQ - read - kernelDropped - userDropped - bypassed; unaccounted != 0 {
+		t.Errorf("%v packets sent to the queue are in no metric (sent %v, read %v, dropped %v+%v, bypassed %v)",
+			unaccounted, sentQ, read, kernelDropped, userDropped, bypassed)
+	}
+	if failOpen && bypassed == 0 {
+		t.Error("fail-open: the queue overflowed but tollgate_queue_bypassed_total did not grow")
+	}
+	if !failOpen && bypassed != 0 {
+		t.Errorf("fail-closed with the queuer listening: bypassed grew by %v, want 0 (overflow is nfqueue_queue_dropped)", bypassed)
 	}
 	if read >= burstConns {
 		t.Errorf("the queuer read %v packets for %d SYNs: the queue never overflowed, the test proves nothing", read, burstConns)
 	}
 	if failOpen {
-		// NFQA_CFG_F_FAIL_OPEN: the kernel accepts what does not fit and
-		// counts nothing.
+		// NFQA_CFG_F_FAIL_OPEN: the kernel accepts what does not fit; only
+		// tollgate_queue_bypassed_total counts it (checked above).
 		for _, src := range []int{0, 2} {
 			if passed[src].Load() != sent(src) {
 				t.Errorf("fail-open: %d of %d allowed connections from %s failed during the overflow",
