@@ -74,11 +74,11 @@ conformance: e2e-deps kube-apiserver ## The whole system on two simulated nodes 
 		grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|enforced|mismatch|observed|reachable|setup:' ; exit $${PIPESTATUS[0]}
 
 .PHONY: faults
-faults: e2e-deps kube-apiserver ## Longer fault tests with real processes (root); not yet in make test: one unexplained failure in four -race runs.
-	go test -count=1 -timeout 15m -v ./test/faults/
+faults: e2e-deps kube-apiserver ## Fault injection with real processes: apiserver outage, CRDs, queue overflow, queuer kill (root). V=1 for every step.
+	go test -race -count=1 -timeout 15m $(if $(V),-v) ./test/faults/
 
 .PHONY: test
-test: e2e-deps tools kube-apiserver lint verify unit fuzz-short conformance ## Everything CI runs.
+test: e2e-deps tools kube-apiserver lint verify unit fuzz-short faults conformance ## Everything CI runs.
 
 .PHONY: demo
 demo: e2e-deps build ## Real packets, real verdicts: the example policies on a simulated node (as root).

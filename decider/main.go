@@ -8,6 +8,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -112,7 +114,7 @@ func run(args []string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := api.NewMetrics(reg)
 	st := state.New()
-	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics})
+	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics, Instance: newInstance()})
 
 	lis, err := api.Listen(cfg.socket)
 	if err != nil {
@@ -155,12 +157,17 @@ func run(args []string) error {
 	case err = <-errs:
 	}
 	log.Info("decider stopping")
+	// Health goes NOT_SERVING and Watch streams end. Unary calls get a short
+	// grace; DecideStream streams stay open for as long as their queuer
+	// runs, so after the grace the connections are closed and the queuers
+	// reconnect to the next decider. A slow exit would only lengthen the
+	// gap a restart leaves.
 	srv.Shutdown()
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(500 * time.Millisecond):
 		g.Stop()
 	}
 	return err
@@ -248,4 +255,13 @@ func healthcheck(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// newInstance returns a random name for this process's generation
+// numbering, so that watchers notice a restart even when the new process
+// reaches the generation the old one had.
+func newInstance() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b)
 }

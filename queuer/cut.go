@@ -15,7 +15,9 @@ import (
 )
 
 // flowCutter re-evaluates established flows of selected pods whenever the
-// decider announces a new generation, and cuts those policy now denies.
+// decider announces a new generation, and cuts those policy now denies. Only
+// flows with an end whose verdict inputs changed are re-evaluated, unless
+// the decider says everything may have changed (a new Watch stream).
 // Established packets never leave the kernel, so without it a connection
 // accepted before a deny policy would live on.
 //
@@ -30,6 +32,10 @@ type flowCutter struct {
 	kick     chan struct{}
 	mu       sync.Mutex
 	selected []netip.Addr
+	// all and changed accumulate what changed since the last run: all, or
+	// the addresses whose verdicts may have changed.
+	all     bool
+	changed map[netip.Addr]struct{}
 }
 
 func newFlowCutter(table conntrack.Table, dec decider, store verdictStore, timeout time.Duration) *flowCutter {
@@ -44,11 +50,23 @@ func newFlowCutter(table conntrack.Table, dec decider, store verdictStore, timeo
 	return &flowCutter{cutter: c, dec: dec, timeout: timeout, kick: make(chan struct{}, 1)}
 }
 
-// Trigger asks for a re-evaluation against the given selected pod IPs.
-// Triggers that arrive while one is pending merge into it.
+// Trigger asks for a re-evaluation of the flows that touch an address whose
+// verdicts u says may have changed, against u's selected pod IPs. Triggers
+// that arrive while one is pending merge into it.
 func (f *flowCutter) Trigger(u client.WatchUpdate) {
 	f.mu.Lock()
 	f.selected = append(slices.Clone(u.IPv4), u.IPv6...)
+	switch {
+	case u.ChangedAll:
+		f.all, f.changed = true, nil
+	case !f.all:
+		if f.changed == nil {
+			f.changed = make(map[netip.Addr]struct{}, len(u.Changed))
+		}
+		for _, a := range u.Changed {
+			f.changed[a.Unmap()] = struct{}{}
+		}
+	}
 	f.mu.Unlock()
 	select {
 	case f.kick <- struct{}{}:
@@ -65,10 +83,17 @@ func (f *flowCutter) Run(ctx context.Context) {
 		case <-f.kick:
 		}
 		f.mu.Lock()
-		selected := f.selected
+		selected, all, changed := f.selected, f.all, f.changed
+		f.all, f.changed = false, nil
 		f.mu.Unlock()
+		if !all && changed == nil {
+			changed = map[netip.Addr]struct{}{} // nothing changed
+		}
+		if all {
+			changed = nil // every flow of a selected pod
+		}
 		start := time.Now()
-		n, err := f.cutter.Cut(ctx, selected, f.decide)
+		n, err := f.cutter.Cut(ctx, selected, changed, f.decide)
 		if err != nil {
 			slog.Warn("cutting denied flows failed", "err", err)
 		}

@@ -54,9 +54,10 @@ type handler struct {
 
 	// gen is the last generation announced by Watch; watched is set once
 	// the first announcement was applied.
-	mu      sync.Mutex // serialises applyWatch
-	gen     atomic.Uint64
-	watched atomic.Bool
+	mu       sync.Mutex // serialises applyWatch
+	instance string     // the decider instance of gen; under mu
+	gen      atomic.Uint64
+	watched  atomic.Bool
 }
 
 // handle is the nfq.Handler.
@@ -147,9 +148,15 @@ func (h *handler) applyWatch(ctx context.Context, dp selectedSyncer, u client.Wa
 		return fmt.Errorf("sync selected pods of generation %d: %w", u.Generation, err)
 	}
 	prev, seen := h.gen.Load(), h.watched.Load()
-	if !seen || u.Generation != prev {
-		if u.Generation < prev {
-			slog.Info("decider generation went backwards; resetting caches", "from", prev, "to", u.Generation)
+	// Another decider process numbers its generations afresh: the same
+	// number may mean other policies. Without an instance name, any new
+	// stream may be another process.
+	restarted := seen && (u.Instance != h.instance || (u.Instance == "" && u.First))
+	h.instance = u.Instance
+	if !seen || restarted || u.Generation != prev {
+		if restarted || u.Generation < prev {
+			slog.Info("decider restarted or generation went backwards; resetting caches",
+				"from", prev, "to", u.Generation, "instance", u.Instance)
 			h.cache.Reset(u.Generation)
 		} else {
 			h.cache.Invalidate(u.Generation)

@@ -564,3 +564,37 @@ func TestMetricsBypassed(t *testing.T) {
 		t.Errorf("gather with failing counter read: err = %v", err)
 	}
 }
+
+// TestApplyWatchDeciderRestartSameGeneration: a restarted decider may reach
+// the generation number the old one had; its instance name (or, without
+// one, the new stream) still resets the caches.
+func TestApplyWatchDeciderRestartSameGeneration(t *testing.T) {
+	dec := &fakeDecider{allow: true, gen: 3}
+	h, sink := newTestHandler(dec, true)
+	sel := &fakeSelected{}
+	ctx := context.Background()
+	p := nfq.Packet{Payload: pkt4("10.0.0.1", "10.0.0.2", 6, 1, 80)}
+	for i, step := range []struct {
+		u       client.WatchUpdate
+		queries int // decider queries after handling p twice
+	}{
+		{client.WatchUpdate{Generation: 3, Instance: "a", First: true}, 1},
+		{client.WatchUpdate{Generation: 3, Instance: "a"}, 1},              // same decider: cache kept
+		{client.WatchUpdate{Generation: 3, Instance: "a", First: true}, 1}, // reconnect to it: kept
+		{client.WatchUpdate{Generation: 3, Instance: "b", First: true}, 2}, // restarted: reset
+		{client.WatchUpdate{Generation: 3, Instance: "", First: true}, 3},  // cannot tell: reset
+		{client.WatchUpdate{Generation: 3, Instance: ""}, 3},               // same stream: kept
+	} {
+		if err := h.applyWatch(ctx, sel, step.u); err != nil {
+			t.Fatal(err)
+		}
+		h.handle(p)
+		h.handle(p)
+		if len(dec.queries) != step.queries {
+			t.Errorf("step %d (%+v): %d decider queries, want %d", i, step.u, len(dec.queries), step.queries)
+		}
+	}
+	if !slices.Equal(sink.resets, []uint64{3, 3, 3}) {
+		t.Errorf("kernel cache resets = %v, want [3 3 3] (first sight, restart, unnamed stream)", sink.resets)
+	}
+}

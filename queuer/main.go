@@ -178,6 +178,7 @@ func run(ctx context.Context, o options) error {
 		}
 		defer table.Close()
 		cutter = newFlowCutter(table, dec, dp, time.Second)
+		m.countCuts(cutter.cutter.Stats)
 		wg.Go(func() { cutter.Run(bg) })
 	}
 	wg.Go(func() {

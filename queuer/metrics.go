@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tollgate/tollgate/queuer/cache"
+	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/nfq"
 )
 
@@ -110,6 +111,13 @@ func newMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *metric
 	return m
 }
 
+// countCuts exports the flow cutter's counters.
+func (m *metrics) countCuts(stats func() conntrack.Stats) {
+	m.state.mu.Lock()
+	defer m.state.mu.Unlock()
+	m.state.cut = stats
+}
+
 // countBypass makes the metrics report the packets sent to the queues that
 // the kernel answered without the queuer. sent reads the dataplane's counter
 // of packets sent to NFQUEUE.
@@ -144,6 +152,11 @@ var (
 	descNFQDropped     = prometheus.NewDesc("nfqueue_queue_dropped", "Packets the kernel dropped because the queue was full.", []string{"queue"}, nil)
 	descNFQUserDropped = prometheus.NewDesc("nfqueue_user_dropped", "Packets the kernel dropped because the netlink socket buffer was full.", []string{"queue"}, nil)
 	descNFQPacketID    = prometheus.NewDesc("nfqueue_packet_id", "Id of the last packet queued.", []string{"queue"}, nil)
+	descCutRuns        = prometheus.NewDesc("tollgate_conntrack_cut_runs_total", "Re-evaluations of established flows after a policy change.", nil, nil)
+	descCutExamined    = prometheus.NewDesc("tollgate_conntrack_flows_examined_total", "Established flows re-decided after a policy change.", nil, nil)
+	descCutSkipped     = prometheus.NewDesc("tollgate_conntrack_flows_skipped_total", "Established flows of selected pods not re-decided because neither end's verdict inputs changed.", nil, nil)
+	descCutCut         = prometheus.NewDesc("tollgate_conntrack_flows_cut_total", "Established flows cut (conntrack entry deleted) because policy now denies them.", nil, nil)
+	descCutErrors      = prometheus.NewDesc("tollgate_conntrack_cut_errors_total", "Established flows that could not be re-decided (op=decide) or deleted (op=delete).", []string{"op"}, nil)
 	descQueueSent      = prometheus.NewDesc("tollgate_queue_sent_total",
 		"Packets the nftables table sent to NFQUEUE since the queuer set it up.", nil, nil)
 	descQueueBypassed = prometheus.NewDesc("tollgate_queue_bypassed_total",
@@ -165,14 +178,16 @@ type stateCollector struct {
 	mu       sync.Mutex
 	sent     func(context.Context) (uint64, error) // nil: bypasses not counted
 	failOpen bool
-	bypassed uint64 // highest value reported, so the counter never goes back
+	bypassed uint64                 // highest value reported, so the counter never goes back
+	cut      func() conntrack.Stats // nil: flow cutting is off
 }
 
 // Describe implements prometheus.Collector.
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheExpired,
 		descCacheEntries, descQueuePackets, descQueueReadErrs, descQueueVerdErrs,
-		descNFQTotal, descNFQDropped, descNFQUserDropped, descNFQPacketID, descQueueSent, descQueueBypassed} {
+		descNFQTotal, descNFQDropped, descNFQUserDropped, descNFQPacketID, descQueueSent, descQueueBypassed,
+		descCutRuns, descCutExamined, descCutSkipped, descCutCut, descCutErrors} {
 		ch <- d
 	}
 }
@@ -189,6 +204,15 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		sent, sentErr = s.sent(ctx)
 		cancel()
+	}
+	if s.cut != nil {
+		st := s.cut()
+		ch <- prometheus.MustNewConstMetric(descCutRuns, prometheus.CounterValue, float64(st.Runs))
+		ch <- prometheus.MustNewConstMetric(descCutExamined, prometheus.CounterValue, float64(st.Examined))
+		ch <- prometheus.MustNewConstMetric(descCutSkipped, prometheus.CounterValue, float64(st.Skipped))
+		ch <- prometheus.MustNewConstMetric(descCutCut, prometheus.CounterValue, float64(st.Cut))
+		ch <- prometheus.MustNewConstMetric(descCutErrors, prometheus.CounterValue, float64(st.DecideErrors), "decide")
+		ch <- prometheus.MustNewConstMetric(descCutErrors, prometheus.CounterValue, float64(st.DeleteErrors), "delete")
 	}
 	var read uint64
 	if s.cache != nil {

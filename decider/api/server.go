@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -32,6 +33,9 @@ type Options struct {
 	NodeName string
 	// Metrics, if not nil, records requests.
 	Metrics *Metrics
+	// Instance names this server's generation numbering in Watch responses
+	// (see WatchResponse.instance); it must differ between processes.
+	Instance string
 }
 
 // Server implements tollgatev1.DeciderServiceServer over a state.State.
@@ -40,12 +44,16 @@ type Server struct {
 	state  *state.State
 	opts   Options
 	health *health.Server
+	// stopping is closed by Shutdown: Watch streams end, so that a graceful
+	// stop does not wait for them.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 // New returns a server answering from st. Health reports NOT_SERVING until
 // MarkServing is called.
 func New(st *state.State, opts Options) *Server {
-	s := &Server{state: st, opts: opts, health: health.NewServer()}
+	s := &Server{state: st, opts: opts, health: health.NewServer(), stopping: make(chan struct{})}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.health.SetServingStatus(tollgatev1.DeciderService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 	return s
@@ -59,7 +67,10 @@ func (s *Server) MarkServing() {
 }
 
 // Shutdown reports NOT_SERVING to health watchers.
-func (s *Server) Shutdown() { s.health.Shutdown() }
+func (s *Server) Shutdown() {
+	s.health.Shutdown()
+	s.stopOnce.Do(func() { close(s.stopping) })
+}
 
 // NewGRPCServer returns a gRPC server with the limits a node-local daemon
 // needs so that a stalled or misbehaving client cannot starve others, with
@@ -159,7 +170,14 @@ func (s *Server) Watch(req *tollgatev1.WatchRequest, stream tollgatev1.DeciderSe
 	for {
 		changed := s.state.Changed()
 		if v := s.state.Current(); v != nil && v.Generation != sent {
-			if err := stream.Send(watchResponse(v, node)); err != nil {
+			resp := watchResponse(v, node)
+			resp.Instance = s.opts.Instance
+			ips, all := s.state.ChangedBetween(sent, v.Generation)
+			resp.ChangedAll = all
+			for _, ip := range ips {
+				resp.Changed = append(resp.Changed, ip.AsSlice())
+			}
+			if err := stream.Send(resp); err != nil {
 				return err
 			}
 			sent = v.Generation
@@ -167,6 +185,8 @@ func (s *Server) Watch(req *tollgatev1.WatchRequest, stream tollgatev1.DeciderSe
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "decider shutting down")
 		case <-changed:
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,7 +50,7 @@ func startServer(t *testing.T, st *state.State) (tollgatev1.DeciderServiceClient
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(st, Options{NodeName: "n1"})
+	srv := New(st, Options{NodeName: "n1", Instance: "i1"})
 	g := srv.NewGRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
@@ -208,7 +209,7 @@ func TestWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.GetGeneration() != 1 || len(first.GetSelectedIpv4()) != 0 {
+	if first.GetGeneration() != 1 || len(first.GetSelectedIpv4()) != 0 || !first.GetChangedAll() || first.GetInstance() != "i1" {
 		t.Errorf("first: %v", first)
 	}
 	st.Publish(cluster(true))
@@ -219,12 +220,21 @@ func TestWatch(t *testing.T) {
 	if second.GetGeneration() != 2 || len(second.GetSelectedIpv4()) != 2 || len(second.GetSelectedIpv6()) != 1 {
 		t.Errorf("second: %v", second)
 	}
+	// The new policy selects both pods: their addresses changed, no more.
+	var changed []string
+	for _, b := range second.GetChanged() {
+		a, _ := netip.AddrFromSlice(b)
+		changed = append(changed, a.String())
+	}
+	if second.GetChangedAll() || strings.Join(changed, " ") != "10.0.0.1 10.0.0.2 fd00::1" {
+		t.Errorf("second: changed_all %v, changed %v", second.GetChangedAll(), changed)
+	}
 	// Another node's watch sees none of n1's pods.
 	other, err := client.Watch(ctx, &tollgatev1.WatchRequest{NodeName: "n2"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, err := other.Recv(); err != nil || len(m.GetSelectedIpv4()) != 0 || m.GetGeneration() != 2 {
+	if m, err := other.Recv(); err != nil || len(m.GetSelectedIpv4()) != 0 || m.GetGeneration() != 2 || !m.GetChangedAll() {
 		t.Errorf("n2: %v %v", m, err)
 	}
 }
@@ -266,5 +276,26 @@ func TestListen(t *testing.T) {
 	}
 	if _, err := Listen(plain); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("regular file: %v", err)
+	}
+}
+
+// TestShutdownEndsWatch: Watch streams end at Shutdown, so that a graceful
+// stop of the gRPC server does not wait for them.
+func TestShutdownEndsWatch(t *testing.T) {
+	st := state.New()
+	st.Publish(cluster(false))
+	client, _, srv, _ := startServer(t, st)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, err := client.Watch(ctx, &tollgatev1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	if _, err := w.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("Recv after Shutdown: %v, want Unavailable", err)
 	}
 }

@@ -244,9 +244,7 @@ func allTuples() []Tuple {
 // with verdicts, and adding an allow-everything rule to an existing
 // NetworkPolicy never turns an allowed connection into a denied one.
 func FuzzEngine(f *testing.F) {
-	for _, s := range []uint64{0, 1, 2, 3, 42, 1 << 40, 12345678901} {
-		f.Add(s)
-	}
+	addSeeds(f)
 	tuples := allTuples()
 	f.Fuzz(func(t *testing.T, seed uint64) {
 		in := genInput(seed)
@@ -291,6 +289,13 @@ func FuzzEngine(f *testing.F) {
 			}
 		}
 	})
+}
+
+// addSeeds adds the seed corpus of the seed-driven fuzz targets.
+func addSeeds(f *testing.F) {
+	for _, s := range []uint64{0, 1, 2, 3, 42, 1 << 40, 12345678901} {
+		f.Add(s)
+	}
 }
 
 func parseAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -8,6 +8,8 @@ package state
 
 import (
 	"context"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +25,20 @@ type View struct {
 	Snapshot   *engine.Snapshot
 	// CompileTime is how long engine.Compile took for this snapshot.
 	CompileTime time.Duration
+	// Changed lists, sorted, the addresses whose connections this snapshot
+	// may judge differently from the previous generation's (see
+	// engine.ChangedIPs). It is nil for the first generation, which changes
+	// everything.
+	Changed []netip.Addr
 }
+
+// historySize is how many generations' changes State remembers for
+// ChangedBetween; a watcher further behind is told that everything changed.
+const historySize = 64
+
+// maxChanged bounds the addresses ChangedBetween returns; beyond it, telling
+// a watcher that everything changed is cheaper for both sides.
+const maxChanged = 16384
 
 // State holds the current View and wakes watchers when it changes.
 type State struct {
@@ -31,6 +46,9 @@ type State struct {
 	kick    chan struct{}
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced at every publication
+	publish sync.Mutex    // serialises Publish
+	input   engine.Input  // what the current View was compiled from; under publish
+	history [historySize]*View
 }
 
 // New returns a State with nothing published yet.
@@ -48,22 +66,61 @@ func (s *State) Changed() <-chan struct{} {
 	return s.changed
 }
 
-// Publish compiles in and makes it the current View.
+// Publish compiles in, works out what changed since the previous View, and
+// makes it the current View.
 func (s *State) Publish(in engine.Input) *View {
+	s.publish.Lock()
+	defer s.publish.Unlock()
 	start := time.Now()
 	snap := engine.Compile(in)
 	took := time.Since(start)
+	old := s.cur.Load()
+	var changed []netip.Addr
+	if old != nil {
+		changed = engine.ChangedIPs(s.input, old.Snapshot, in, snap)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var gen uint64 = 1
-	if old := s.cur.Load(); old != nil {
+	if old != nil {
 		gen = old.Generation + 1
 	}
-	v := &View{Generation: gen, Snapshot: snap, CompileTime: took}
+	v := &View{Generation: gen, Snapshot: snap, CompileTime: took, Changed: changed}
+	s.input = in
+	s.history[gen%historySize] = v
 	s.cur.Store(v)
 	close(s.changed)
 	s.changed = make(chan struct{})
 	return v
+}
+
+// ChangedBetween returns, sorted, the addresses whose connections may be
+// judged differently at generation to than at generation from (from < to),
+// or all=true when State cannot tell: from is 0 (nothing seen yet), too
+// old, or the union would be too large to be worth listing.
+func (s *State) ChangedBetween(from, to uint64) (ips []netip.Addr, all bool) {
+	if from == 0 || from >= to || to-from >= historySize {
+		return nil, from == 0 || from > to || to-from >= historySize
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []netip.Addr
+	for g := from + 1; g <= to; g++ {
+		v := s.history[g%historySize]
+		if v == nil || v.Generation != g {
+			return nil, true
+		}
+		out = append(out, v.Changed...)
+		if len(out) > 2*maxChanged {
+			return nil, true
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	out = slices.Compact(out)
+	if len(out) > maxChanged {
+		return nil, true
+	}
+	return out, false
 }
 
 // Trigger asks Run for a rebuild. It never blocks; triggers that arrive
@@ -95,6 +152,12 @@ func (s *State) Run(ctx context.Context, settle time.Duration, ready func() bool
 				return
 			case <-t.C:
 			}
+		}
+		// Triggers that came during the settle are covered by the input
+		// about to be read.
+		select {
+		case <-s.kick:
+		default:
 		}
 		if ready != nil && !ready() {
 			continue // the source triggers again when it syncs

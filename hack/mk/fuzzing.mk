@@ -1,8 +1,9 @@
-# Fuzzing. `go test -fuzz` takes one package and one target at a time.
-# FuzzLoad (decider/source) is left out of the timed runs: its coverage map
-# spans client-go's decoders and the fuzzer crawls; its seed corpus and
-# TestLoadDirMutations run with the unit tests instead.
-FUZZ_TARGETS := decider/engine:FuzzEngine decider/api:FuzzDecide queuer/packet:FuzzParse
+# Fuzzing. `go test -fuzz` takes one package and one target at a time: the
+# engine against random policies and changes, Decide requests (served, and
+# validated against an oracle), the manifest loader, and the packet parser.
+FUZZ_TARGETS := decider/engine:FuzzEngine decider/engine:FuzzChangedIPs \
+	decider/api:FuzzDecide decider/api:FuzzDecideRequest \
+	decider/source:FuzzLoad decider/source:FuzzLoadDir queuer/packet:FuzzParse
 FUZZTIME     ?= 2m
 
 .PHONY: fuzz-short

@@ -65,11 +65,24 @@ type WatchUpdate struct {
 	Generation uint64
 	// IPv4 and IPv6 are the node's policy-selected pod IPs.
 	IPv4, IPv6 []netip.Addr
+	// Instance names the decider's generation numbering (see
+	// WatchResponse.instance); empty when the decider does not say.
+	Instance string
+	// First is set on the first update of a Watch stream: after a
+	// reconnect, the decider may be another process.
+	First bool
+	// ChangedAll is set when every connection may be judged differently
+	// than at the previous update; otherwise Changed lists the addresses
+	// whose connections may be.
+	ChangedAll bool
+	Changed    []netip.Addr
 }
 
 // Options tunes a Client. Zero values pick the defaults.
 type Options struct {
-	// MinBackoff and MaxBackoff bound the reconnect delay (50ms, 2s).
+	// MinBackoff and MaxBackoff bound the reconnect delay (50ms, 250ms).
+	// Reconnecting to a local socket costs one connect(2), so the ceiling
+	// is low: a restarted decider is in use within about 300ms.
 	MinBackoff, MaxBackoff time.Duration
 	// MaxBatch is the most queries put in one message (256).
 	MaxBatch int
@@ -112,7 +125,7 @@ func New(path string, opts Options) (*Client, error) {
 		opts.MinBackoff = 50 * time.Millisecond
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
-		opts.MaxBackoff = max(2*time.Second, opts.MinBackoff)
+		opts.MaxBackoff = max(250*time.Millisecond, opts.MinBackoff)
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 256
@@ -394,13 +407,28 @@ func (c *Client) watchOnce(ctx context.Context, node string, fn func(WatchUpdate
 		if err != nil {
 			return received, fmt.Errorf("watch: %w", err)
 		}
-		received = true
 		fn(WatchUpdate{
 			Generation: resp.GetGeneration(),
 			IPv4:       addrs(resp.GetSelectedIpv4(), 4),
 			IPv6:       addrs(resp.GetSelectedIpv6(), 16),
+			Instance:   resp.GetInstance(),
+			First:      !received,
+			ChangedAll: resp.GetChangedAll() || !received,
+			Changed:    anyAddrs(resp.GetChanged()),
 		})
+		received = true
 	}
+}
+
+// anyAddrs converts raw 4- or 16-byte addresses, skipping malformed ones.
+func anyAddrs(raw [][]byte) []netip.Addr {
+	out := make([]netip.Addr, 0, len(raw))
+	for _, b := range raw {
+		if a, ok := netip.AddrFromSlice(b); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
 }
 
 // addrs converts raw addresses of length n, skipping malformed ones.

@@ -27,6 +27,9 @@ type Stats struct {
 	Runs uint64
 	// Examined counts flows that involved a selected address and were decided.
 	Examined uint64
+	// Skipped counts flows of selected addresses left alone because neither
+	// end's verdict inputs changed.
+	Skipped uint64
 	// Cut counts entries deleted because policy now denies them.
 	Cut uint64
 	// Gone counts denied entries that had already disappeared when deleted.
@@ -57,7 +60,7 @@ type Cutter struct {
 	// so they are left alone.
 	FromHost func(netip.Addr) bool
 
-	runs, examined, cut, gone, decideErrs, deleteErrs atomic.Uint64
+	runs, examined, skipped, cut, gone, decideErrs, deleteErrs atomic.Uint64
 }
 
 // NewCutter returns a Cutter working on table.
@@ -70,6 +73,7 @@ func (c *Cutter) Stats() Stats {
 	return Stats{
 		Runs:         c.runs.Load(),
 		Examined:     c.examined.Load(),
+		Skipped:      c.skipped.Load(),
 		Cut:          c.cut.Load(),
 		Gone:         c.gone.Load(),
 		DecideErrors: c.decideErrs.Load(),
@@ -78,16 +82,18 @@ func (c *Cutter) Stats() Stats {
 }
 
 // Cut lists the conntrack table, keeps the flows whose source or real
-// (post-DNAT) destination is one of selected, asks decide about each, and
-// deletes the entries decide denies. It returns how many entries it deleted.
+// (post-DNAT) destination is one of selected and, unless changed is nil,
+// whose source or destination is one of changed (the addresses whose
+// verdicts may have changed), asks decide about each, and deletes the
+// entries decide denies. It returns how many entries it deleted.
 //
 // A flow whose decision fails is kept (and counted); entries already gone are
 // not errors. Cut stops early when ctx ends and returns ctx's error. The
 // returned error also reports failed decisions and deletions, with the first
 // cause; the other flows were still handled.
-func (c *Cutter) Cut(ctx context.Context, selected []netip.Addr, decide DecideFunc) (int, error) {
+func (c *Cutter) Cut(ctx context.Context, selected []netip.Addr, changed map[netip.Addr]struct{}, decide DecideFunc) (int, error) {
 	c.runs.Add(1)
-	if len(selected) == 0 {
+	if len(selected) == 0 || (changed != nil && len(changed) == 0) {
 		return 0, nil
 	}
 	want := make(map[netip.Addr]struct{}, len(selected))
@@ -109,6 +115,14 @@ func (c *Cutter) Cut(ctx context.Context, selected []netip.Addr, decide DecideFu
 	for _, f := range flows {
 		if !c.involves(f, want) {
 			continue
+		}
+		if changed != nil {
+			_, src := changed[f.Src]
+			_, dst := changed[f.Dst]
+			if !src && !dst {
+				c.skipped.Add(1)
+				continue
+			}
 		}
 		if err := ctx.Err(); err != nil {
 			return cut, fmt.Errorf("conntrack: cut stopped after %d entries: %w", cut, err)

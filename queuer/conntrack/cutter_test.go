@@ -86,6 +86,8 @@ func TestCut(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		selected  []netip.Addr
+		changed   []netip.Addr // with onlyChanged: the changed addresses
+		only      bool         // pass changed (else nil: everything changed)
 		fromHost  bool
 		deny      map[uint16]bool
 		failDec   map[uint16]bool
@@ -115,6 +117,20 @@ func TestCut(t *testing.T) {
 			name: "IPv6 and the post-DNAT destination match", selected: addrs("2001:db8::2", "10.0.0.8"),
 			deny: set(5, 7), wantAsked: []uint16{5, 7}, wantDel: []uint16{5, 7}, wantCut: 2,
 			wantStats: Stats{Runs: 1, Examined: 2, Cut: 2},
+		},
+		{
+			name: "only flows with a changed end", selected: addrs("10.0.0.1"), changed: addrs("10.0.0.2", "10.0.0.4"),
+			only: true, deny: set(1, 2, 4), wantAsked: []uint16{1}, wantDel: []uint16{1}, wantCut: 1,
+			wantStats: Stats{Runs: 1, Examined: 1, Skipped: 2, Cut: 1},
+		},
+		{
+			name: "a changed selected address takes all its flows", selected: addrs("10.0.0.1"), changed: addrs("10.0.0.1"),
+			only: true, deny: set(1, 2), wantAsked: []uint16{1, 2, 4}, wantDel: []uint16{1, 2}, wantCut: 2,
+			wantStats: Stats{Runs: 1, Examined: 3, Cut: 2},
+		},
+		{
+			name: "nothing changed", selected: addrs("10.0.0.1"), only: true, deny: set(1, 2, 4),
+			wantStats: Stats{Runs: 1},
 		},
 		{
 			name: "a Service VIP does not select", selected: addrs("10.96.0.1"), deny: set(7),
@@ -154,7 +170,14 @@ func TestCut(t *testing.T) {
 				host := netip.MustParseAddr("192.168.0.10")
 				c.FromHost = func(a netip.Addr) bool { return a == host }
 			}
-			got, err := c.Cut(context.Background(), tc.selected, d.decide)
+			var changed map[netip.Addr]struct{}
+			if tc.only {
+				changed = map[netip.Addr]struct{}{}
+				for _, a := range tc.changed {
+					changed[a] = struct{}{}
+				}
+			}
+			got, err := c.Cut(context.Background(), tc.selected, changed, d.decide)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("Cut error = %v, want error %v", err, tc.wantErr)
 			}
@@ -186,7 +209,7 @@ func TestCut(t *testing.T) {
 
 func TestCutListError(t *testing.T) {
 	c := NewCutter(&fakeTable{listErr: errors.New("netlink down")})
-	n, err := c.Cut(context.Background(), addrs("10.0.0.1"), func(context.Context, Flow) (bool, error) {
+	n, err := c.Cut(context.Background(), addrs("10.0.0.1"), nil, func(context.Context, Flow) (bool, error) {
 		t.Error("decide called without a listing")
 		return true, nil
 	})
@@ -201,7 +224,7 @@ func TestCutStopsWhenContextEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	asked := 0
-	n, err := NewCutter(table).Cut(ctx, addrs("10.0.0.1"), func(context.Context, Flow) (bool, error) {
+	n, err := NewCutter(table).Cut(ctx, addrs("10.0.0.1"), nil, func(context.Context, Flow) (bool, error) {
 		asked++
 		if asked == 2 {
 			cancel()

@@ -121,7 +121,7 @@ func TestKernelListAndCut(t *testing.T) {
 		return nil
 	}
 	denyPort := localPort(viaSvc.client)
-	n, err := cutter.Cut(ctx, []netip.Addr{server}, func(_ context.Context, f Flow) (bool, error) {
+	n, err := cutter.Cut(ctx, []netip.Addr{server}, nil, func(_ context.Context, f Flow) (bool, error) {
 		return f.SrcPort != denyPort, nil
 	})
 	if err != nil || n != 1 {
@@ -328,7 +328,7 @@ func TestKernelNextPacketAfterCut(t *testing.T) {
 						return err
 					}
 				}
-				cut, err = cutter.Cut(ctx, []netip.Addr{netip.MustParseAddr(serverIP)}, deny)
+				cut, err = cutter.Cut(ctx, []netip.Addr{netip.MustParseAddr(serverIP)}, nil, deny)
 			}
 			if tc.late {
 				if !errors.Is(err, syscall.ENOSPC) || cut != 0 {

@@ -140,4 +140,33 @@ func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 			t.Errorf("ping %d from z/c failed: an allowed flow was cut", i)
 		}
 	}
+
+	// A change that touches only x/a (a policy selecting it) re-decides the
+	// flows with x/a at one end and leaves the z/c -> y/b flow alone.
+	examined := n.metric("tollgate_conntrack_flows_examined_total")
+	skipped := n.metric("tollgate_conntrack_flows_skipped_total")
+	runs := n.metric("tollgate_conntrack_cut_runs_total")
+	n.write("egress-x.yaml", egressFromXA)
+	n.eventually("a re-evaluation after the x/a change", 10*time.Second, func() bool {
+		return n.metric("tollgate_conntrack_cut_runs_total") > runs
+	})
+	if got := n.metric("tollgate_conntrack_flows_skipped_total") - skipped; got < 1 {
+		t.Errorf("the z/c -> y/b flow was not skipped after a change that does not touch it (skipped +%v)", got)
+	}
+	t.Logf("after a change touching x/a only: examined +%v, skipped +%v",
+		n.metric("tollgate_conntrack_flows_examined_total")-examined, n.metric("tollgate_conntrack_flows_skipped_total")-skipped)
+	if !fromZ.ping() {
+		t.Error("z/c -> y/b stopped working after an unrelated change")
+	}
 }
+
+// egressFromXA selects x/a only and allows all its egress.
+const egressFromXA = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{}]
+`

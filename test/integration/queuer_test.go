@@ -365,14 +365,37 @@ func TestFailModesWithDeciderDown(t *testing.T) {
 			if got := n.metric("tollgate_fail_mode_verdicts_total"); got < 2 {
 				t.Errorf("fail-mode verdicts counted: %v, want at least the 2 probes of selected pods", got)
 			}
-			// The decider comes back: verdicts are right again.
+			// The decider comes back after a while (long enough for the
+			// queuer's reconnect backoff to reach its ceiling): verdicts are
+			// right again within 1s of it becoming healthy. The probe is the
+			// tuple whose verdict the fail mode gets wrong: fail-open lets
+			// c -> b through although policy denies it, fail-closed drops
+			// a -> b although policy allows it. Fail-mode verdicts are never
+			// cached, so each probe asks again.
+			time.Sleep(3 * time.Second)
 			n.startDecider()
 			healthy := time.Now()
-			n.eventually("correct verdicts after restart", 10*time.Second, func() bool {
-				ok, _ := netsim.Probe(n.pods["a"], n.pods["b"].IPv4, 80, netsim.SCTP, time.Second)
-				return ok
-			})
-			t.Logf("correct verdicts %v after the restarted decider became healthy", time.Since(healthy).Round(time.Millisecond))
+			src, want := "a", true
+			if failOpen {
+				src, want = "c", false
+			}
+			var recovered time.Duration
+			for time.Since(healthy) < 5*time.Second && recovered == 0 {
+				ok, err := netsim.Probe(n.pods[src], n.pods["b"].IPv4, 80, netsim.TCP, 100*time.Millisecond)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok == want {
+					recovered = time.Since(healthy)
+				}
+			}
+			if recovered == 0 {
+				t.Fatalf("%s -> b still gets the fail-mode verdict 5s after the decider restarted", src)
+			}
+			t.Logf("correct verdicts %v after the restarted decider became healthy", recovered.Round(time.Millisecond))
+			if recovered > time.Second {
+				t.Errorf("verdicts were correct again only %v after the decider restarted, want within 1s", recovered)
+			}
 			n.check(probe{"c", "b", netsim.SCTP, false, false}, probe{"a", "b", netsim.TCP, true, true})
 		})
 	}

@@ -1081,7 +1081,25 @@ type WatchResponse struct {
 	// policy selects in some direction, sorted.
 	SelectedIpv4 [][]byte `protobuf:"bytes,2,rep,name=selected_ipv4,json=selectedIpv4,proto3" json:"selected_ipv4,omitempty"`
 	// selected_ipv6 are the same for IPv6 (16 bytes each), sorted.
-	SelectedIpv6  [][]byte `protobuf:"bytes,3,rep,name=selected_ipv6,json=selectedIpv6,proto3" json:"selected_ipv6,omitempty"`
+	SelectedIpv6 [][]byte `protobuf:"bytes,3,rep,name=selected_ipv6,json=selectedIpv6,proto3" json:"selected_ipv6,omitempty"`
+	// instance names the decider process that numbers the generations. It
+	// changes when the numbering may restart (a decider restart); a client
+	// must then drop every verdict it cached, even if the generation did not
+	// go backwards. Empty means the server cannot say: clients then drop
+	// their caches at the start of every Watch stream.
+	Instance string `protobuf:"bytes,4,opt,name=instance,proto3" json:"instance,omitempty"`
+	// changed_all is set when every connection may be judged differently than
+	// in the previous message of this stream: always on a stream's first
+	// message, and whenever the server cannot list what changed.
+	ChangedAll bool `protobuf:"varint,5,opt,name=changed_all,json=changedAll,proto3" json:"changed_all,omitempty"`
+	// changed lists, when changed_all is false, the addresses (4 or 16 bytes,
+	// sorted) whose connections may be judged differently than in the
+	// previous message of this stream: pods a changed policy selects, pods
+	// whose labels, namespace labels, IPs or named ports changed, and changed
+	// nodes' addresses. A connection between two addresses not listed keeps
+	// its verdict. Any address in any namespace may be listed, not only the
+	// node's.
+	Changed       [][]byte `protobuf:"bytes,6,rep,name=changed,proto3" json:"changed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1133,6 +1151,27 @@ func (x *WatchResponse) GetSelectedIpv4() [][]byte {
 func (x *WatchResponse) GetSelectedIpv6() [][]byte {
 	if x != nil {
 		return x.SelectedIpv6
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *WatchResponse) GetChangedAll() bool {
+	if x != nil {
+		return x.ChangedAll
+	}
+	return false
+}
+
+func (x *WatchResponse) GetChanged() [][]byte {
+	if x != nil {
+		return x.Changed
 	}
 	return nil
 }
@@ -1195,13 +1234,17 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"generation\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\"+\n" +
 	"\fWatchRequest\x12\x1b\n" +
-	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"y\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xd0\x01\n" +
 	"\rWatchResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12#\n" +
 	"\rselected_ipv4\x18\x02 \x03(\fR\fselectedIpv4\x12#\n" +
-	"\rselected_ipv6\x18\x03 \x03(\fR\fselectedIpv6*n\n" +
+	"\rselected_ipv6\x18\x03 \x03(\fR\fselectedIpv6\x12\x1a\n" +
+	"\binstance\x18\x04 \x01(\tR\binstance\x12\x1f\n" +
+	"\vchanged_all\x18\x05 \x01(\bR\n" +
+	"changedAll\x12\x18\n" +
+	"\achanged\x18\x06 \x03(\fR\achanged*n\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +

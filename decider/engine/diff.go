@@ -1,0 +1,169 @@
+package engine
+
+import (
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	"sigs.k8s.io/network-policy-api/apis/v1alpha2"
+)
+
+// ChangedIPs returns, sorted, every address whose connections next may judge
+// differently from prev, given the inputs each was compiled from: the pods
+// that a changed, added or removed policy selects (in either snapshot); the
+// pods whose labels, namespace, IPs, named ports or liveness changed; every
+// pod of a namespace whose labels changed; and the addresses of changed
+// nodes. A connection between two addresses outside the result has the same
+// verdict in both snapshots, so a dataplane needs to re-examine only the
+// established connections that touch one of them.
+func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []netip.Addr {
+	d := differ{out: map[netip.Addr]struct{}{}}
+
+	policies := map[PolicyRef]struct{}{}
+	changedPolicies(prevIn.NetworkPolicies, nextIn.NetworkPolicies, KindNetworkPolicy,
+		func(p *networkingv1.NetworkPolicy) any { return &p.Spec }, policies)
+	changedPolicies(prevIn.AdminNetworkPolicies, nextIn.AdminNetworkPolicies, KindAdminNetworkPolicy,
+		func(p *v1alpha1.AdminNetworkPolicy) any { return &p.Spec }, policies)
+	changedPolicies(prevIn.BaselineAdminNetworkPolicies, nextIn.BaselineAdminNetworkPolicies, KindBaselineAdminNetworkPolicy,
+		func(p *v1alpha1.BaselineAdminNetworkPolicy) any { return &p.Spec }, policies)
+	changedPolicies(prevIn.ClusterNetworkPolicies, nextIn.ClusterNetworkPolicies, KindClusterNetworkPolicy,
+		func(p *v1alpha2.ClusterNetworkPolicy) any { return &p.Spec }, policies)
+	if len(policies) > 0 {
+		for _, s := range []*Snapshot{prev, next} {
+			for _, p := range s.pods {
+				if p.governedBy(policies) {
+					d.add(p.ips...)
+				}
+			}
+		}
+	}
+
+	namespaces := map[string]struct{}{}
+	diffByName(prevIn.Namespaces, nextIn.Namespaces, func(a, b *corev1.Namespace) bool {
+		return equality.Semantic.DeepEqual(a.Labels, b.Labels)
+	}, func(ns *corev1.Namespace) { namespaces[ns.Name] = struct{}{} })
+	if len(namespaces) > 0 {
+		for _, s := range []*Snapshot{prev, next} {
+			for _, p := range s.pods {
+				if _, ok := namespaces[p.ns.name]; ok {
+					d.add(p.ips...)
+				}
+			}
+		}
+	}
+
+	diffByName(prevIn.Pods, nextIn.Pods, samePod, func(p *corev1.Pod) { d.add(podIPs(p)...) })
+	diffByName(prevIn.Nodes, nextIn.Nodes, func(a, b *corev1.Node) bool {
+		return equality.Semantic.DeepEqual(a.Labels, b.Labels) &&
+			equality.Semantic.DeepEqual(a.Status.Addresses, b.Status.Addresses)
+	}, func(n *corev1.Node) {
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				d.add(ip.Unmap())
+			}
+		}
+	})
+
+	out := make([]netip.Addr, 0, len(d.out))
+	for ip := range d.out {
+		out = append(out, ip)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+type differ struct{ out map[netip.Addr]struct{} }
+
+func (d *differ) add(ips ...netip.Addr) {
+	for _, ip := range ips {
+		d.out[ip] = struct{}{}
+	}
+}
+
+// governedBy reports whether one of refs is among the policies that select p.
+func (p *pod) governedBy(refs map[PolicyRef]struct{}) bool {
+	has := func(r PolicyRef) bool { _, ok := refs[r]; return ok }
+	for dir := range 2 {
+		for _, cp := range p.admin[dir] {
+			if has(cp.ref) {
+				return true
+			}
+		}
+		for _, cp := range p.baseline[dir] {
+			if has(cp.ref) {
+				return true
+			}
+		}
+		for _, np := range p.np[dir] {
+			if has(np.ref) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// object is an API object as diffByName needs it.
+type object interface {
+	comparable
+	metav1.Object
+}
+
+// changedPolicies adds to out the refs of the policies added, removed or
+// whose spec changed between prev and next.
+func changedPolicies[T object](prev, next []T, kind string, spec func(T) any, out map[PolicyRef]struct{}) {
+	diffByName(prev, next, func(a, b T) bool {
+		return equality.Semantic.DeepEqual(spec(a), spec(b))
+	}, func(o T) {
+		out[PolicyRef{Kind: kind, Namespace: o.GetNamespace(), Name: o.GetName()}] = struct{}{}
+	})
+}
+
+// diffByName pairs the objects of prev and next by namespace and name and
+// calls changed with each object that is only in one of them, and with both
+// versions of an object that same reports different. Objects that are the
+// same pointer, or carry the same UID and resourceVersion, are equal without
+// comparing their contents (informers hand out unchanged objects that way).
+func diffByName[T object](prev, next []T, same func(a, b T) bool, changed func(T)) {
+	type key struct{ ns, name string }
+	before := make(map[key]T, len(prev))
+	for _, o := range prev {
+		before[key{o.GetNamespace(), o.GetName()}] = o
+	}
+	seen := make(map[key]struct{}, len(next))
+	for _, o := range next {
+		k := key{o.GetNamespace(), o.GetName()}
+		seen[k] = struct{}{}
+		old, ok := before[k]
+		switch {
+		case !ok:
+			changed(o)
+		case old == o:
+		case old.GetUID() != "" && old.GetUID() == o.GetUID() &&
+			old.GetResourceVersion() != "" && old.GetResourceVersion() == o.GetResourceVersion():
+		case !same(old, o):
+			changed(old)
+			changed(o)
+		}
+	}
+	for k, o := range before {
+		if _, ok := seen[k]; !ok {
+			changed(o)
+		}
+	}
+}
+
+// samePod compares what the engine reads of a pod.
+func samePod(a, b *corev1.Pod) bool {
+	return equality.Semantic.DeepEqual(a.Labels, b.Labels) &&
+		a.Spec.NodeName == b.Spec.NodeName &&
+		a.Spec.HostNetwork == b.Spec.HostNetwork &&
+		a.Status.Phase == b.Status.Phase &&
+		(a.DeletionTimestamp == nil) == (b.DeletionTimestamp == nil) &&
+		slices.Equal(podIPs(a), podIPs(b)) &&
+		slices.Equal(containerPorts(a), containerPorts(b))
+}
