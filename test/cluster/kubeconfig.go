@@ -46,3 +46,25 @@ func (c *Cluster) WriteKubeconfigForToken(token string) (string, error) {
 func (c *Cluster) RESTConfigForToken(token string) *rest.Config {
 	return c.configForToken(token)
 }
+
+// WriteAdminKubeconfigVia writes an admin kubeconfig whose server is
+// hostPort (for example a proxy in front of the apiserver; the serving
+// certificate is for 127.0.0.1) and returns its path inside the cluster
+// directory.
+func (c *Cluster) WriteAdminKubeconfigVia(hostPort string) (string, error) {
+	cfg := c.configForToken(c.adminToken)
+	cfg.Host = "https://" + hostPort
+	f, err := os.CreateTemp(c.dir, "via-*.kubeconfig")
+	if err != nil {
+		return "", fmt.Errorf("create kubeconfig file: %w", err)
+	}
+	path := f.Name()
+	f.Close()
+	if err := writeKubeconfig(path, cfg); err != nil {
+		return "", err
+	}
+	return filepath.Clean(path), nil
+}
+
+// APIServerAddr returns the apiserver's host:port.
+func (c *Cluster) APIServerAddr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }

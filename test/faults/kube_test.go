@@ -187,6 +187,63 @@ func TestKubeFaults(t *testing.T) {
 	t.Logf("admin decider SERVING after %v", d.waitServing(t, 30*time.Second).Round(time.Millisecond))
 	t.Run("CRDInstalledAndRemoved", func(t *testing.T) { testCRDInstalledAndRemoved(t, e, d) })
 	t.Run("APIServerStoppedAndRestarted", func(t *testing.T) { testAPIServerStoppedAndRestarted(t, e, d) })
+	t.Run("ChangesWhileCutOff", func(t *testing.T) { testChangesWhileCutOff(t, e) })
+}
+
+const denyIngressY = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: "y"}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+`
+
+// testChangesWhileCutOff: a decider loses the apiserver (a partition: the
+// apiserver itself stays up) while policies are created and deleted. It
+// keeps serving its last state meanwhile, and once it reaches the
+// apiserver again it has both changes.
+func testChangesWhileCutOff(t *testing.T, e *kubeEnv) {
+	proxy := startProxy(t, e.c.APIServerAddr())
+	kubeconfig, err := e.c.WriteAdminKubeconfigVia(proxy.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startKubeDecider(t, "decider-proxied", kubeconfig)
+	d.waitServing(t, 30*time.Second)
+	e.applyYAML(t, denyIngressZ)
+	d.waitVerdict(t, ipXA, ipZA, tollgatev1.Verdict_VERDICT_DENY, 20*time.Second)
+	_, gen := d.verdict(t, ipXA, ipZA)
+
+	proxy.cut()
+	if out, err := e.c.Kubectl("delete", "networkpolicy", "-n", "z", "deny-ingress"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	e.applyYAML(t, denyIngressY)
+	// Cut off for 3 s: the last state, still SERVING.
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		vz, gz := d.verdict(t, ipXA, ipZA)
+		vy, _ := d.verdict(t, ipXA, ipYA)
+		if vz != tollgatev1.Verdict_VERDICT_DENY || vy != tollgatev1.Verdict_VERDICT_ALLOW || gz != gen {
+			t.Fatalf("cut off: x/a -> z/a %v, x/a -> y/a %v at generation %d; want the last state (DENY, ALLOW at %d)", vz, vy, gz, gen)
+		}
+		if code := healthcheck(d.sock); code != 0 {
+			t.Fatalf("synced decider unhealthy while cut off: exit %d", code)
+		}
+	}
+
+	proxy.restore()
+	back := time.Now()
+	eventually(t, "the changes made while cut off", 60*time.Second, func() bool {
+		vz, _ := d.verdict(t, ipXA, ipZA)
+		vy, _ := d.verdict(t, ipXA, ipYA)
+		return vz == tollgatev1.Verdict_VERDICT_ALLOW && vy == tollgatev1.Verdict_VERDICT_DENY
+	})
+	t.Logf("the deletion and the creation made while cut off are in force %v after the apiserver was reachable again",
+		time.Since(back).Round(time.Millisecond))
+	if d.p.exited() {
+		t.Error("the decider exited")
+	}
+	if out, err := e.c.Kubectl("delete", "networkpolicy", "-A", "--all"); err != nil {
+		t.Logf("cleanup: %v\n%s", err, out)
+	}
 }
 
 // testCRDInstalledAndRemoved: the ClusterNetworkPolicy CRD appears under a
