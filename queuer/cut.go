@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -21,9 +22,13 @@ import (
 // Established packets never leave the kernel, so without it a connection
 // accepted before a deny policy would live on.
 //
-// A cut puts the flow's tuple, in both directions, into the kernel deny
-// sets and then deletes its conntrack entry: the flow's next packet, from
-// either end, is picked up as new (or invalid) and dropped by the deny set.
+// A cut puts the flow, in both directions, into the kernel cut sets (kept
+// for dataplane.CutTTL, across generations) and its tuple into the deny
+// sets, then deletes its conntrack entry: the flow's next packet, from
+// either end, is picked up as new (or invalid) and dropped. Without the cut
+// sets, a packet from the server side after the next generation's flush
+// would be judged as a new server-to-client connection, which policy may
+// allow, and re-open the flow in reverse.
 type flowCutter struct {
 	cutter  *conntrack.Cutter
 	dec     decider
@@ -38,13 +43,26 @@ type flowCutter struct {
 	changed map[netip.Addr]struct{}
 }
 
-func newFlowCutter(table conntrack.Table, dec decider, store verdictStore, timeout time.Duration) *flowCutter {
+// cutStore is the kernel side a cut writes to; *dataplane.Dataplane
+// implements it.
+type cutStore interface {
+	verdictStore
+	AddCuts(ctx context.Context, flows []dataplane.Flow) error
+}
+
+func newFlowCutter(table conntrack.Table, dec decider, store cutStore, timeout time.Duration) *flowCutter {
 	c := conntrack.NewCutter(table)
 	c.BeforeDelete = func(ctx context.Context, f conntrack.Flow) error {
-		return store.AddVerdicts(ctx, []dataplane.Verdict{
+		// The flow itself, both directions, for CutTTL whatever the next
+		// generations bring; and the tuple's denial until the next one.
+		err := store.AddCuts(ctx, []dataplane.Flow{
+			{Src: f.Src, Dst: f.Dst, Proto: f.Proto, SrcPort: f.SrcPort, DstPort: f.DstPort},
+			{Src: f.Dst, Dst: f.Src, Proto: f.Proto, SrcPort: f.DstPort, DstPort: f.SrcPort},
+		})
+		return errors.Join(err, store.AddVerdicts(ctx, []dataplane.Verdict{
 			{Src: f.Src, Dst: f.Dst, Proto: f.Proto, DstPort: f.DstPort},
 			{Src: f.Dst, Dst: f.Src, Proto: f.Proto, DstPort: f.SrcPort},
-		})
+		}))
 	}
 	c.FromHost = hostAddress
 	return &flowCutter{cutter: c, dec: dec, timeout: timeout, kick: make(chan struct{}, 1)}

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"errors"
+	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -26,6 +27,22 @@ func newFake(t *testing.T, mode Mode, cfg Config) (*Dataplane, *knftables.Fake, 
 		t.Fatalf("Setup: %v", err)
 	}
 	return d, nft, ipt
+}
+
+// update rewrites the golden files with what the code produces:
+// go test ./queuer/dataplane/ -run TestSetupRuleset -update, then review the diff.
+var update = flag.Bool("update", false, "rewrite the testdata golden files")
+
+// golden returns the golden file's content, first rewriting it with got
+// under -update.
+func golden(t *testing.T, name, got string) string {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(filepath.Join("testdata", name), []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return readGolden(t, name)
 }
 
 func readGolden(t *testing.T, name string) string {
@@ -54,10 +71,10 @@ func TestSetupRuleset(t *testing.T) {
 			if d.Mode() != tc.mode {
 				t.Errorf("Mode() = %q, want %q", d.Mode(), tc.mode)
 			}
-			if got, want := nft.Dump(), readGolden(t, tc.golden+".nft"); got != want {
+			if got, want := nft.Dump(), golden(t, tc.golden+".nft", nft.Dump()); got != want {
 				t.Errorf("nft ruleset:\n%s\nwant:\n%s", got, want)
 			}
-			if got, want := ipt.Dump(), readGolden(t, tc.golden+".iptables"); got != want {
+			if got, want := ipt.Dump(), golden(t, tc.golden+".iptables", ipt.Dump()); got != want {
 				t.Errorf("iptables rules:\n%s\nwant:\n%s", got, want)
 			}
 		})
@@ -326,11 +343,39 @@ func TestAddAndFlushVerdicts(t *testing.T) {
 		t.Error("verdict without addresses accepted")
 	}
 
+	// Cut flows, keyed with both ports; portless ones skipped.
+	if err := d.AddCuts(ctx, []Flow{
+		{Src: a("10.0.0.1"), Dst: a("10.0.0.2"), Proto: 6, SrcPort: 40000, DstPort: 80},
+		{Src: a("::ffff:10.0.0.2"), Dst: a("10.0.0.1"), Proto: 6, SrcPort: 80, DstPort: 40000},
+		{Src: a("fd00::1"), Dst: a("fd00::2"), Proto: 17, SrcPort: 5353, DstPort: 53},
+		{Src: a("10.0.0.1"), Dst: a("10.0.0.2"), Proto: 1},
+	}); err != nil {
+		t.Fatalf("AddCuts: %v", err)
+	}
+	if err := d.AddCuts(ctx, []Flow{{Src: a("10.0.0.1"), Dst: a("fd00::2"), Proto: 6}}); err == nil {
+		t.Error("mixed-family cut accepted")
+	}
+	wantCuts := map[string]string{
+		setCut4: "10.0.0.1 . 10.0.0.2 . tcp . 40000 . 80,10.0.0.2 . 10.0.0.1 . tcp . 80 . 40000",
+		setCut6: "fd00::1 . fd00::2 . udp . 5353 . 53",
+	}
+	for set, w := range wantCuts {
+		if got := strings.Join(elements(t, nft, set), ","); got != w {
+			t.Errorf("%s = %q, want %q", set, got, w)
+		}
+	}
+
 	if err := d.SyncSelected(ctx, addrs("10.0.0.2"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.FlushVerdicts(ctx); err != nil {
 		t.Fatalf("FlushVerdicts: %v", err)
+	}
+	// A new generation does not forget cut flows.
+	for set, w := range wantCuts {
+		if got := strings.Join(elements(t, nft, set), ","); got != w {
+			t.Errorf("%s after FlushVerdicts = %q, want %q", set, got, w)
+		}
 	}
 	for _, set := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
 		if got := elements(t, nft, set); len(got) != 0 {

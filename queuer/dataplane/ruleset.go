@@ -15,6 +15,8 @@ const (
 	setDeny4     = "deny4"
 	setAllow6    = "allow6"
 	setDeny6     = "deny6"
+	setCut4      = "cut4"
+	setCut6      = "cut6"
 
 	chainForward  = "forward"
 	chainInput    = "input"
@@ -51,7 +53,18 @@ const (
 	tuple6     = "ip6 saddr . ip6 daddr . meta l4proto . th dport"
 	tupleType4 = "ipv4_addr . ipv4_addr . inet_proto . inet_service"
 	tupleType6 = "ipv6_addr . ipv6_addr . inet_proto . inet_service"
+
+	flow4     = "ip saddr . ip daddr . meta l4proto . th sport . th dport"
+	flow6     = "ip6 saddr . ip6 daddr . meta l4proto . th sport . th dport"
+	flowType4 = "ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service"
+	flowType6 = "ipv6_addr . ipv6_addr . inet_proto . inet_service . inet_service"
 )
+
+// CutTTL is how long the cut sets remember a cut flow. It outlasts TCP's
+// retransmissions of an established connection (tcp_retries2 = 15, about
+// 15.4 minutes), the packets that would otherwise reach the ruleset as
+// new connections once conntrack forgot the flow.
+const CutTTL = 20 * time.Minute
 
 // desiredObject reports whether Setup defines the object of this kind
 // ("chain", "set", ...) and name.
@@ -66,7 +79,7 @@ func desiredObject(kind, name string) bool {
 		return name == counterQueued
 	case "set":
 		switch name {
-		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6:
+		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6, setCut4, setCut6:
 			return true
 		}
 	}
@@ -145,6 +158,14 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 		Comment: knftables.PtrTo("IPv4 addresses of local policy-selected pods")})
 	tx.Add(&knftables.Set{Name: setSelected6, Type: "ipv6_addr",
 		Comment: knftables.PtrTo("IPv6 addresses of local policy-selected pods")})
+	// The cut sets outlive generations and queuer restarts: a flow cut
+	// before either stays cut.
+	for _, c := range []struct{ name, typ string }{{setCut4, flowType4}, {setCut6, flowType6}} {
+		tx.Add(&knftables.Set{Name: c.name, Type: c.typ,
+			Flags:   []knftables.SetFlag{knftables.TimeoutFlag},
+			Timeout: knftables.PtrTo(CutTTL),
+			Comment: knftables.PtrTo("flows cut after a policy change: src . dst . proto . sport . dport")})
+	}
 	// Recreate the verdict sets: a plain add would keep an old timeout, and
 	// old verdicts belong to a decider generation we no longer know.
 	verdictSet := func(name, typ string) *knftables.Set {
@@ -175,9 +196,16 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	rule(chainClassify, "ip6 saddr @"+setSelected6+" goto "+chainDecide6)
 	rule(chainClassify, "ip6 daddr @"+setSelected6+" goto "+chainDecide6)
 
+	// A cut flow's packets after conntrack forgot it: any but a fresh TCP
+	// SYN (a new connection that happens to reuse the ports) is dropped,
+	// whichever end speaks first.
+	rule(chainDecide4, flow4+" @"+setCut4+" meta l4proto != tcp drop")
+	rule(chainDecide4, flow4+" @"+setCut4+" tcp flags & (syn | ack) != syn drop")
 	rule(chainDecide4, tuple4+" @"+setAllow4+" accept")
 	rule(chainDecide4, tuple4+" @"+setDeny4+" drop")
 	rule(chainDecide4, "goto "+chainToQueue)
+	rule(chainDecide6, flow6+" @"+setCut6+" meta l4proto != tcp drop")
+	rule(chainDecide6, flow6+" @"+setCut6+" tcp flags & (syn | ack) != syn drop")
 	rule(chainDecide6, tuple6+" @"+setAllow6+" accept")
 	rule(chainDecide6, tuple6+" @"+setDeny6+" drop")
 	rule(chainDecide6, "goto "+chainToQueue)

@@ -173,6 +173,51 @@ func verdictElement(v Verdict) (e *knftables.Element, ok bool, err error) {
 	}, true, nil
 }
 
+// Flow is one direction of a connection as the cut sets key it.
+type Flow struct {
+	Src, Dst         netip.Addr
+	Proto            uint8
+	SrcPort, DstPort uint16
+}
+
+// AddCuts puts flows into the cut sets (cut4/cut6) for CutTTL, in one
+// transaction. Packets of a cut flow are dropped even after conntrack
+// forgot it, except a TCP SYN, and FlushVerdicts leaves the cut sets alone.
+// Flows of protocols without ports are skipped.
+func (d *Dataplane) AddCuts(ctx context.Context, flows []Flow) error {
+	tx := d.nft.NewTransaction()
+	for _, f := range flows {
+		proto, ok := cachedProtos[f.Proto]
+		if !ok {
+			continue
+		}
+		src, dst := f.Src.Unmap().WithZone(""), f.Dst.Unmap().WithZone("")
+		var set string
+		switch {
+		case src.Is4() && dst.Is4():
+			set = setCut4
+		case src.Is6() && dst.Is6():
+			set = setCut6
+		default:
+			return fmt.Errorf("dataplane: cut %s -> %s: addresses invalid or of different families", f.Src, f.Dst)
+		}
+		tx.Add(&knftables.Element{Set: set, Key: []string{src.String(), dst.String(), proto,
+			strconv.Itoa(int(f.SrcPort)), strconv.Itoa(int(f.DstPort))}})
+	}
+	if tx.NumOperations() == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.setUp {
+		return errNotSetUp
+	}
+	if err := d.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("dataplane: add %d cut flows: %w", tx.NumOperations(), err)
+	}
+	return nil
+}
+
 // FlushVerdicts empties the kernel verdict cache, in one transaction.
 func (d *Dataplane) FlushVerdicts(ctx context.Context) error {
 	d.mu.Lock()

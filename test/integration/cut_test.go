@@ -11,9 +11,11 @@ import (
 	"github.com/tollgate/tollgate/test/netsim"
 )
 
-// echoServer listens on port in host's namespace and echoes lines back.
-func echoServer(t *testing.T, host netsim.Host, addr string) {
+// echoServer listens on port in host's namespace and echoes lines back. It
+// returns the server side of each connection it accepts, in order.
+func echoServer(t *testing.T, host netsim.Host, addr string) <-chan net.Conn {
 	t.Helper()
+	accepted := make(chan net.Conn, 16)
 	var l net.Listener
 	if err := netsim.RunInNS(host.Netns(), func() (err error) {
 		l, err = net.Listen("tcp", addr)
@@ -27,6 +29,10 @@ func echoServer(t *testing.T, host netsim.Host, addr string) {
 			c, err := l.Accept()
 			if err != nil {
 				return
+			}
+			select {
+			case accepted <- c:
+			default:
 			}
 			go func() {
 				defer c.Close()
@@ -43,6 +49,7 @@ func echoServer(t *testing.T, host netsim.Host, addr string) {
 			}()
 		}
 	}()
+	return accepted
 }
 
 // session is an open TCP connection from one pod.
@@ -100,9 +107,10 @@ func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 	n.startDecider()
 	n.startQueuer(true)
 	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
-	echoServer(t, n.pods["b"], "10.99.1.2:82")
+	accepted := echoServer(t, n.pods["b"], "10.99.1.2:82")
 
 	fromX := dial(t, n.pods["a"], "10.99.1.2:82")
+	serverX := <-accepted
 	fromZ := dial(t, n.pods["c"], "10.99.1.2:82")
 	if !fromX.ping() || !fromZ.ping() {
 		t.Fatal("echo sessions do not work before the policy change")
@@ -141,6 +149,23 @@ func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 		}
 	}
 
+	// The next generation flushes the kernel's verdict sets. The server
+	// side of the cut connection then speaks first: conntrack has no entry
+	// for it any more and picks the packet up as a new connection from
+	// y/b to x/a, which policy allows. The cut must hold anyway: had that
+	// packet re-opened the flow, x/a's packets would be replies of an
+	// established y/b -> x/a connection and reach y/b again.
+	n.write("unrelated.yaml", selectsNothing)
+	n.eventually("the next generation", 10*time.Second, func() bool {
+		return n.metric("tollgate_decider_generation") >= 3
+	})
+	_ = serverX.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = serverX.Write([]byte("push\n"))
+	_ = fromX.conn.SetReadDeadline(time.Now().Add(time.Second))
+	if data, err := fromX.r.ReadString('\n'); err == nil {
+		t.Errorf("x/a received %q from y/b on the cut connection after the verdict sets were flushed", data)
+	}
+
 	// A change that touches only x/a (a policy selecting it) re-decides the
 	// flows with x/a at one end and leaves the z/c -> y/b flow alone.
 	examined := n.metric("tollgate_conntrack_flows_examined_total")
@@ -159,6 +184,16 @@ func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 		t.Error("z/c -> y/b stopped working after an unrelated change")
 	}
 }
+
+// selectsNothing is a policy that selects no pod: a new generation that
+// changes no verdict.
+const selectsNothing = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: nothing, namespace: z}
+spec:
+  podSelector: {matchLabels: {pod: none}}
+`
 
 // egressFromXA selects x/a only and allows all its egress.
 const egressFromXA = `
