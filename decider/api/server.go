@@ -223,8 +223,11 @@ func tupleFromRequest(req *tollgatev1.DecideRequest) (engine.Tuple, error) {
 	if err != nil {
 		return engine.Tuple{}, fmt.Errorf("dst_ip: %q is not an IP address", req.GetDstIp())
 	}
-	if src.Zone() != "" || dst.Zone() != "" {
-		return engine.Tuple{}, errors.New("src_ip, dst_ip: zoned addresses are not supported")
+	if src.Zone() != "" {
+		return engine.Tuple{}, fmt.Errorf("src_ip: %q: zoned addresses are not supported", req.GetSrcIp())
+	}
+	if dst.Zone() != "" {
+		return engine.Tuple{}, fmt.Errorf("dst_ip: %q: zoned addresses are not supported", req.GetDstIp())
 	}
 	src, dst = src.Unmap(), dst.Unmap()
 	if src.Is4() != dst.Is4() {

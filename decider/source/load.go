@@ -164,9 +164,9 @@ var utf8BOM = []byte("\xef\xbb\xbf")
 func (l *loader) loadFile(path string, data []byte) error {
 	data = bytes.TrimPrefix(data, utf8BOM)
 	if strings.EqualFold(filepath.Ext(path), ".json") {
-		return l.loadJSON(path, data)
+		return clampLine(l.loadJSON(path, data), data)
 	}
-	return l.loadYAML(path, data)
+	return clampLine(l.loadYAML(path, data), data)
 }
 
 // loadJSON reads a file of JSON values, one after another.
@@ -197,6 +197,20 @@ func (l *loader) loadJSON(path string, data []byte) error {
 			return err
 		}
 	}
+}
+
+// clampLine keeps a ParseError's line inside the file: parsers that hit the
+// end of the input point one line past a final newline.
+func clampLine(err error, data []byte) error {
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		last := bytes.Count(data, []byte("\n"))
+		if len(data) == 0 || data[len(data)-1] != '\n' {
+			last++
+		}
+		pe.Line = min(pe.Line, max(last, 1))
+	}
+	return err
 }
 
 // lineAt returns the 1-based line of byte offset off in data.

@@ -1,6 +1,8 @@
 package source
 
 import (
+	"bytes"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -35,6 +37,18 @@ func loadOne(t *testing.T, content []byte) {
 	_, _, err := LoadDir(dir)
 	if err != nil && !strings.Contains(err.Error(), "fuzz.yaml") {
 		t.Fatalf("error does not name the file: %v\ninput:\n%s", err, content)
+	}
+	// A line, when given, is one of the file's.
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		data := bytes.TrimPrefix(content, utf8BOM)
+		lines := bytes.Count(data, []byte("\n"))
+		if len(data) == 0 || data[len(data)-1] != '\n' {
+			lines++
+		}
+		if pe.Line < 1 || pe.Line > max(lines, 1) {
+			t.Fatalf("error points at line %d of a %d-line file: %v\ninput:\n%q", pe.Line, lines, err, content)
+		}
 	}
 }
 

@@ -165,7 +165,8 @@ func TestParseErrorLines(t *testing.T) {
 		{"crlf", "a.yaml", "a: 1\r\n---\r\nb: 2\r\n  c: 3\r\n", 4},
 		{"json", "a.json", "{\n  \"kind\": \"Pod\",\n  \"metadata\": {\"name\": \"a\",}\n}\n", 3},
 		{"json second value", "a.json", "{\"kind\": \"Pod\"}\n{\n\"kind\" \"Pod\"}\n", 3},
-		{"json truncated", "a.json", "{\"kind\": \"Pod\",\n\"metadata\": {\n", 3},
+		{"json truncated: the last line, not one past it", "a.json", "{\"kind\": \"Pod\",\n\"metadata\": {\n", 2},
+		{"yaml unterminated quote at the end", "a.yaml", "kind: Pod\nmetadata: {name: 'a\n", 2},
 		{"json not an object", "a.json", "\n[1, 2]\n", 2},
 	}
 	for _, tt := range tests {
