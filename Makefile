@@ -88,5 +88,9 @@ demo: e2e-deps build ## Real packets, real verdicts: the example policies on a s
 bench: ## Engine benchmarks (see docs/performance.md).
 	go test -run '^$$' -bench . -benchmem ./decider/engine/
 
+.PHONY: bench-knp
+bench-knp: ## Side by side with kube-network-policies v1.1.1 (fetched from the module proxy): same objects, same verdicts checked, then ns/op and ratio.
+	hack/bench-knp/run.sh
+
 # Each area keeps its own targets in hack/mk/<area>.mk.
 -include hack/mk/*.mk
