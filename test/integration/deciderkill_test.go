@@ -1,0 +1,140 @@
+package integration
+
+import (
+	"fmt"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/test/netsim"
+)
+
+// TestDeciderKilledUnderLoad: the decider is SIGKILLed while pods keep
+// opening connections, and restarted a second later. With fail-open no
+// connection policy allows is refused, and every denied connection that got
+// through is counted as a fail-mode verdict or a kernel bypass; with
+// fail-closed no denied connection ever gets through. Pods that no policy
+// selects are never touched, and once the decider is back the denied
+// connection is refused again.
+func TestDeciderKilledUnderLoad(t *testing.T) {
+	for _, failOpen := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fail-open=%v", failOpen), func(t *testing.T) {
+			n := newNode(t)
+			// Denied attempts go to ports of their own, so that each one
+			// misses the kernel's verdict cache and needs a verdict.
+			const firstPort, ports = 2000, 40
+			for p := uint16(firstPort); p < firstPort+ports; p++ {
+				if err := n.topo.ServeTCP(n.pods["b"], p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n.write("policy.yaml", policyYAML)
+			n.startDecider()
+			n.startQueuer(failOpen)
+			n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+			n.check(probe{"a", "b", netsim.TCP, true, true}, probe{"c", "b", netsim.TCP, false, false})
+			counted := func() float64 {
+				return n.metric("tollgate_fail_mode_verdicts_total") + n.metric("tollgate_queue_bypassed_total")
+			}
+			before := counted()
+
+			// Three streams of new connections: allowed a -> b:80, denied
+			// c -> b on a new port each time, and a -> c, which no policy
+			// selects. Each attempt is a new TCP connection; a -> b may be
+			// answered by the kernel cache, c -> b is not.
+			var mu sync.Mutex
+			results := map[string]*loadResult{}
+			stopLoad := make(chan struct{})
+			var wg sync.WaitGroup
+			for _, flow := range [][2]string{{"a", "b"}, {"c", "b"}, {"a", "c"}} {
+				key := flow[0] + "->" + flow[1]
+				results[key] = &loadResult{}
+				wg.Go(func() {
+					for i := 0; ; i++ {
+						select {
+						case <-stopLoad:
+							return
+						default:
+						}
+						port := uint16(80)
+						if flow[0] == "c" {
+							port = firstPort + uint16(i%ports)
+						}
+						ok, err := netsim.Probe(n.pods[flow[0]], n.pods[flow[1]].IPv4, port, netsim.TCP, 300*time.Millisecond)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						mu.Lock()
+						results[key].attempts++
+						if ok {
+							results[key].passed++
+						}
+						mu.Unlock()
+					}
+				})
+			}
+			time.Sleep(500 * time.Millisecond)
+			if err := n.decider.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = n.decider.Wait()
+			time.Sleep(time.Second)
+			outage := func() map[string]*loadResult {
+				mu.Lock()
+				defer mu.Unlock()
+				out := map[string]*loadResult{}
+				for k, r := range results {
+					c := *r
+					out[k] = &c
+				}
+				return out
+			}()
+			n.startDecider()
+			time.Sleep(time.Second)
+			close(stopLoad)
+			wg.Wait()
+			t.Logf("over the kill and restart: %v (attempts/passed); up to the restart: %v", fmtResults(results), fmtResults(outage))
+
+			if r := results["a->c"]; r.passed != r.attempts {
+				t.Errorf("a -> c (no policy selects either pod): %d of %d connections failed", r.attempts-r.passed, r.attempts)
+			}
+			denied := outage["c->b"].passed
+			if failOpen {
+				if r := results["a->b"]; r.passed != r.attempts {
+					t.Errorf("fail-open: %d of %d allowed connections a -> b failed", r.attempts-r.passed, r.attempts)
+				}
+				if denied == 0 {
+					t.Error("fail-open: no denied connection got through while the decider was dead; the fail mode was not exercised")
+				}
+				got := counted() - before
+				t.Logf("fail-open: %d denied connections got through while the decider was dead; %v packets counted as fail-mode verdicts or bypasses", denied, got)
+				if got < float64(denied) {
+					t.Errorf("fail-open: %d denied connections got through but only %v packets were counted as fail-mode verdicts or bypasses", denied, got)
+				}
+			} else if r := results["c->b"]; r.passed != 0 {
+				t.Errorf("fail-closed: %d denied connections c -> b got through", r.passed)
+			}
+			// Back to policy: a port not tried yet is refused.
+			n.eventually("c -> b refused again", 5*time.Second, func() bool {
+				ok, _ := netsim.Probe(n.pods["c"], n.pods["b"].IPv4, firstPort+ports-1, netsim.TCP, 300*time.Millisecond)
+				return !ok
+			})
+			n.check(probe{"a", "b", netsim.TCP, true, true})
+		})
+	}
+}
+
+// loadResult counts the connections of one stream.
+type loadResult struct{ attempts, passed int }
+
+func fmtResults(m map[string]*loadResult) string {
+	s := ""
+	for _, k := range []string{"a->b", "c->b", "a->c"} {
+		if r, ok := m[k]; ok {
+			s += fmt.Sprintf("%s %d/%d ", k, r.attempts, r.passed)
+		}
+	}
+	return s
+}
