@@ -70,8 +70,10 @@ unit: ## Unit and integration tests of every package, with the race detector.
 
 .PHONY: conformance
 conformance: e2e-deps kube-apiserver ## The whole system on two simulated nodes against a real apiserver (root). RUN=<regexp> picks cases.
-	go test -count=1 -timeout 30m -v ./test/conformance/ $(if $(RUN),-run '$(RUN)') 2>&1 | \
-		grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|enforced|mismatch|observed|reachable|setup:' ; exit $${PIPESTATUS[0]}
+	@mkdir -p $(CACHE)
+	go test -count=1 -timeout 30m -v ./test/conformance/ $(if $(RUN),-run '$(RUN)') 2>&1 | tee $(CACHE)/conformance.log | \
+		grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|_test\.go:[0-9]+: |mismatch|observed|reachable|setup:' ; \
+		rc=$${PIPESTATUS[0]}; [ $$rc = 0 ] || echo "full output: $(CACHE)/conformance.log"; exit $$rc
 
 .PHONY: faults
 faults: e2e-deps kube-apiserver ## Fault injection with real processes: apiserver outage, CRDs, queue overflow, queuer kill (root). V=1 for every step.
