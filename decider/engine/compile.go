@@ -3,6 +3,7 @@ package engine
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -35,12 +36,46 @@ type compiler struct {
 	podsByNS   [][]*pod // by namespace index
 	nsSets     map[string]nsSet
 	npRules    map[string]*npRule // interned NetworkPolicy rules by content
+	// prevNPs are the previous compile's NetworkPolicies, when they can be
+	// reused (the namespaces are the same); nextNPs collects this one's.
+	prevNPs, nextNPs map[*networkingv1.NetworkPolicy]*compiledNP
+}
+
+// sameNamespaces reports whether two compiles' namespaces have the same
+// names, order and labels, so that namespace bit sets carry over.
+func sameNamespaces(a, b []*namespace) bool {
+	return slices.EqualFunc(a, b, func(x, y *namespace) bool {
+		return x.name == y.name && maps.Equal(x.labels, y.labels)
+	})
 }
 
 // Compile turns API objects into a snapshot. It never fails: objects the
 // engine cannot use are skipped or reinterpreted fail-closed, and reported
 // by Warnings.
-func Compile(in Input) *Snapshot {
+func Compile(in Input) *Snapshot { return new(Compiler).Compile(in) }
+
+// Compiler compiles a sequence of inputs, each usually a small change of the
+// one before, reusing from one Compile to the next what the inputs share:
+// the compiled rules of every NetworkPolicy object that is the same pointer
+// as before (informers hand out unchanged objects that way), as long as the
+// namespaces and their labels did not change. Its snapshots are the same as
+// Compile's. A Compiler is not safe for concurrent use; the zero value is
+// ready.
+type Compiler struct {
+	namespaces []*namespace // the previous input's, in index order
+	nps        map[*networkingv1.NetworkPolicy]*compiledNP
+}
+
+// compiledNP is a NetworkPolicy's compiled form as a Compiler keeps it.
+type compiledNP struct {
+	policy   *netPolicy
+	subject  *selector
+	types    [2]bool
+	warnings []string
+}
+
+// Compile is Compile, reusing what in shares with the previous input.
+func (cc *Compiler) Compile(in Input) *Snapshot {
 	c := &compiler{
 		snap: &Snapshot{
 			podByIP:   make(map[netip.Addr]*pod, len(in.Pods)),
@@ -49,12 +84,17 @@ func Compile(in Input) *Snapshot {
 		nsByName: make(map[string]*namespace, len(in.Namespaces)),
 		nsSets:   make(map[string]nsSet),
 		npRules:  make(map[string]*npRule),
+		nextNPs:  make(map[*networkingv1.NetworkPolicy]*compiledNP, len(in.NetworkPolicies)),
 	}
 	c.addNamespaces(in)
+	if sameNamespaces(cc.namespaces, c.namespaces) {
+		c.prevNPs = cc.nps
+	}
 	c.addNodes(in.Nodes)
 	c.addPods(in.Pods)
 	c.addClusterPolicies(in)
 	c.addNetworkPolicies(in.NetworkPolicies)
+	cc.namespaces, cc.nps = c.namespaces, c.nextNPs
 
 	s := c.snap
 	s.namespaces = c.namespaces
@@ -704,50 +744,99 @@ func (c *compiler) addNetworkPolicies(nps []*networkingv1.NetworkPolicy) {
 	slices.SortFunc(sorted, func(a, b *networkingv1.NetworkPolicy) int {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
+	// Namespaces with many pods and several policies get a label index, so
+	// that a policy's podSelector looks only at pods that can match.
+	perNS := make([]int, len(c.namespaces))
+	for _, np := range sorted {
+		perNS[c.nsByName[np.Namespace].index]++
+	}
+	indexes := make([]labelIndex, len(c.namespaces))
 	for _, np := range sorted {
 		c.snap.stats.NetworkPolicies++
-		ref := PolicyRef{Kind: KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}
-		types := policyTypes(np)
-		p := &netPolicy{ref: ref}
-		if types[Ingress] {
-			for _, r := range np.Spec.Ingress {
-				p.rules[Ingress] = append(p.rules[Ingress], c.npRule(ref, np.Namespace, r.From, r.Ports))
-			}
+		cp := c.reuseNetworkPolicy(np)
+		if cp == nil {
+			cp = c.compileNetworkPolicy(np)
 		}
-		if types[Egress] {
-			for _, r := range np.Spec.Egress {
-				p.rules[Egress] = append(p.rules[Egress], c.npRule(ref, np.Namespace, r.To, r.Ports))
-			}
-		}
+		c.nextNPs[np] = cp
+		p, types := cp.policy, cp.types
 		c.snap.stats.Rules += len(p.rules[Ingress]) + len(p.rules[Egress])
-		sel := c.selector(ref, "podSelector", &np.Spec.PodSelector)
-		ns := c.nsByName[np.Namespace]
-		for _, pd := range c.podsByNS[ns.index] {
-			if !sel.matches(pd.labels) {
-				continue
-			}
+		ns := c.nsByName[np.Namespace].index
+		pods := c.podsByNS[ns]
+		if indexes[ns] == nil && perNS[ns] >= 4 && len(pods) >= 32 {
+			indexes[ns] = newLabelIndex(pods)
+		}
+		indexes[ns].forEachMatch(pods, cp.subject, func(pd *pod) {
 			for d := Egress; d <= Ingress; d++ {
 				if types[d] {
 					pd.np[d] = append(pd.np[d], p)
 				}
 			}
-		}
+		})
 	}
 	// Flatten each pod's rules, keeping the first of identical rules.
 	seen := make(map[*npRule]bool)
+	var scratch []npRuleRef
 	for _, pd := range c.snap.pods {
 		for d := range 2 {
 			clear(seen)
+			scratch = scratch[:0]
 			for _, p := range pd.np[d] {
 				for i, r := range p.rules[d] {
 					if !seen[r] {
 						seen[r] = true
-						pd.npRules[d] = append(pd.npRules[d], npRuleRef{rule: r, policy: p, index: i})
+						scratch = append(scratch, npRuleRef{rule: r, policy: p, index: i})
 					}
 				}
 			}
+			if len(scratch) > 0 {
+				pd.npRules[d] = slices.Clone(scratch) // one allocation of the final size
+			}
 		}
 	}
+}
+
+// compileNetworkPolicy compiles np's rules and subject selector.
+func (c *compiler) compileNetworkPolicy(np *networkingv1.NetworkPolicy) *compiledNP {
+	w0 := len(c.snap.warnings)
+	ref := PolicyRef{Kind: KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}
+	cp := &compiledNP{policy: &netPolicy{ref: ref}, types: policyTypes(np)}
+	p := cp.policy
+	if cp.types[Ingress] {
+		for _, r := range np.Spec.Ingress {
+			p.rules[Ingress] = append(p.rules[Ingress], c.npRule(ref, np.Namespace, r.From, r.Ports))
+		}
+	}
+	if cp.types[Egress] {
+		for _, r := range np.Spec.Egress {
+			p.rules[Egress] = append(p.rules[Egress], c.npRule(ref, np.Namespace, r.To, r.Ports))
+		}
+	}
+	cp.subject = c.selector(ref, "podSelector", &np.Spec.PodSelector)
+	cp.warnings = slices.Clone(c.snap.warnings[w0:])
+	return cp
+}
+
+// reuseNetworkPolicy returns np as the previous compile left it, its rules
+// interned in this compile's table, or nil when np was not compiled then.
+func (c *compiler) reuseNetworkPolicy(np *networkingv1.NetworkPolicy) *compiledNP {
+	prev := c.prevNPs[np]
+	if prev == nil {
+		return nil
+	}
+	c.snap.warnings = append(c.snap.warnings, prev.warnings...)
+	p := &netPolicy{ref: prev.policy.ref}
+	for d := range 2 {
+		p.rules[d] = make([]*npRule, len(prev.policy.rules[d]))
+		for i, r := range prev.policy.rules[d] {
+			if shared := c.npRules[r.key]; shared != nil {
+				r = shared
+			} else {
+				c.npRules[r.key] = r
+			}
+			p.rules[d][i] = r
+		}
+	}
+	return &compiledNP{policy: p, subject: prev.subject, types: prev.types, warnings: prev.warnings}
 }
 
 // policyTypes returns the directions a NetworkPolicy isolates, defaulting
@@ -832,10 +921,11 @@ func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.N
 			c.warnf("%s: a peer sets none of podSelector, namespaceSelector, ipBlock; it matches nothing", ref)
 		}
 	}
-	if shared := c.npRules[key.String()]; shared != nil {
+	r.key = key.String()
+	if shared := c.npRules[r.key]; shared != nil {
 		return shared
 	}
-	c.npRules[key.String()] = &r
+	c.npRules[r.key] = &r
 	return &r
 }
 

@@ -218,3 +218,36 @@ func TestChangedIPsSameResourceVersion(t *testing.T) {
 		t.Errorf("new resourceVersion and labels: ChangedIPs = %v", got)
 	}
 }
+
+// FuzzCompilerReuse checks a Compiler against a fresh Compile: after
+// compiling an input and then a random change of it, the reusing compile
+// gives the same decisions, explanations included, warnings, stats and
+// selected pods as compiling the changed input from scratch.
+func FuzzCompilerReuse(f *testing.F) {
+	addSeeds(f)
+	tuples := allTuples()
+	f.Fuzz(func(t *testing.T, seed uint64) {
+		g := gen{rand.New(rand.NewPCG(seed, ^seed))}
+		var c Compiler
+		in := genInput(seed)
+		c.Compile(in)
+		for step := range 3 {
+			in = mutate(g, in)
+			got, want := c.Compile(in), Compile(in)
+			if !slices.Equal(got.Warnings(), want.Warnings()) {
+				t.Fatalf("step %d: warnings differ:\nreusing %q\nfresh   %q", step, got.Warnings(), want.Warnings())
+			}
+			if got.Stats() != want.Stats() {
+				t.Fatalf("step %d: stats differ: reusing %+v, fresh %+v", step, got.Stats(), want.Stats())
+			}
+			if !slices.Equal(got.SelectedPodIPs(""), want.SelectedPodIPs("")) {
+				t.Fatalf("step %d: selected pods differ", step)
+			}
+			for _, tup := range tuples {
+				if a, b := got.Decide(tup), want.Decide(tup); a != b {
+					t.Fatalf("step %d: %v -> %v %v/%d: reusing %+v, fresh %+v", step, tup.Src, tup.Dst, tup.Proto, tup.DstPort, a, b)
+				}
+			}
+		}
+	})
+}

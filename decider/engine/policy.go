@@ -57,6 +57,8 @@ type netPolicy struct {
 
 // npRule is one ingress or egress rule of a NetworkPolicy.
 type npRule struct {
+	// key is the rule's canonical content, under which it is interned.
+	key string
 	// allPeers is set when the rule lists no peers: every endpoint matches.
 	allPeers bool
 	peers    []npPeer

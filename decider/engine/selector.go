@@ -65,6 +65,8 @@ func compileSelector(ls *metav1.LabelSelector) (*selector, error) {
 		if (r.op == opIn || r.op == opNotIn) && len(r.values) == 0 {
 			return &selector{none: true}, fmt.Errorf("label selector: operator %s on key %q needs values", e.Operator, e.Key)
 		}
+		slices.Sort(r.values)
+		r.values = slices.Compact(r.values)
 		if (r.op == opExists || r.op == opDoesNotExist) && len(r.values) != 0 {
 			return &selector{none: true}, fmt.Errorf("label selector: operator %s on key %q takes no values", e.Operator, e.Key)
 		}
@@ -121,4 +123,51 @@ func (c *compiler) namespaceSet(sel *selector) nsSet {
 		}
 	}
 	return b
+}
+
+// labelIndex maps a label key and value to the pods that carry it.
+type labelIndex map[string]map[string][]*pod
+
+func newLabelIndex(pods []*pod) labelIndex {
+	idx := labelIndex{}
+	for _, pd := range pods {
+		for k, v := range pd.labels {
+			byValue := idx[k]
+			if byValue == nil {
+				byValue = map[string][]*pod{}
+				idx[k] = byValue
+			}
+			byValue[v] = append(byValue[v], pd)
+		}
+	}
+	return idx
+}
+
+// forEachMatch calls fn with every pod of pods that sel matches, once each.
+// With an index and an In requirement in sel, only the pods carrying one
+// of that requirement's values are tried; otherwise every pod is.
+func (idx labelIndex) forEachMatch(pods []*pod, sel *selector, fn func(*pod)) {
+	if idx != nil && !sel.none {
+		for i := range sel.reqs {
+			r := &sel.reqs[i]
+			if r.op != opIn {
+				continue
+			}
+			// The values are distinct (compileSelector sorts and compacts
+			// them) and a pod has one value per key, so no pod comes twice.
+			for _, v := range r.values {
+				for _, pd := range idx[r.key][v] {
+					if sel.matches(pd.labels) {
+						fn(pd)
+					}
+				}
+			}
+			return
+		}
+	}
+	for _, pd := range pods {
+		if sel.matches(pd.labels) {
+			fn(pd)
+		}
+	}
 }

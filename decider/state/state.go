@@ -42,13 +42,14 @@ const maxChanged = 16384
 
 // State holds the current View and wakes watchers when it changes.
 type State struct {
-	cur     atomic.Pointer[View]
-	kick    chan struct{}
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced at every publication
-	publish sync.Mutex    // serialises Publish
-	input   engine.Input  // what the current View was compiled from; under publish
-	history [historySize]*View
+	cur      atomic.Pointer[View]
+	kick     chan struct{}
+	mu       sync.Mutex
+	changed  chan struct{}   // closed and replaced at every publication
+	publish  sync.Mutex      // serialises Publish
+	input    engine.Input    // what the current View was compiled from; under publish
+	compiler engine.Compiler // reuses what one input shares with the next; under publish
+	history  [historySize]*View
 }
 
 // New returns a State with nothing published yet.
@@ -72,7 +73,7 @@ func (s *State) Publish(in engine.Input) *View {
 	s.publish.Lock()
 	defer s.publish.Unlock()
 	start := time.Now()
-	snap := engine.Compile(in)
+	snap := s.compiler.Compile(in)
 	took := time.Since(start)
 	old := s.cur.Load()
 	var changed []netip.Addr

@@ -1,7 +1,7 @@
 # Fuzzing. `go test -fuzz` takes one package and one target at a time: the
 # engine against random policies and changes, Decide requests (served, and
 # validated against an oracle), the manifest loader, and the packet parser.
-FUZZ_TARGETS := decider/engine:FuzzEngine decider/engine:FuzzChangedIPs \
+FUZZ_TARGETS := decider/engine:FuzzEngine decider/engine:FuzzChangedIPs decider/engine:FuzzCompilerReuse \
 	decider/api:FuzzDecide decider/api:FuzzDecideRequest \
 	decider/source:FuzzLoad decider/source:FuzzLoadDir queuer/packet:FuzzParse
 FUZZTIME     ?= 2m

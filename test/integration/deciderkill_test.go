@@ -47,9 +47,12 @@ func TestDeciderKilledUnderLoad(t *testing.T) {
 			results := map[string]*loadResult{}
 			stopLoad := make(chan struct{})
 			var wg sync.WaitGroup
-			for _, flow := range [][2]string{{"a", "b"}, {"c", "b"}, {"a", "c"}} {
-				key := flow[0] + "->" + flow[1]
-				results[key] = &loadResult{}
+			flows := [][2]string{{"a", "b"}, {"c", "b"}, {"a", "c"}}
+			for _, flow := range flows {
+				results[flow[0]+"->"+flow[1]] = &loadResult{}
+			}
+			for _, flow := range flows {
+				res := results[flow[0]+"->"+flow[1]]
 				wg.Go(func() {
 					for i := 0; ; i++ {
 						select {
@@ -67,9 +70,9 @@ func TestDeciderKilledUnderLoad(t *testing.T) {
 							return
 						}
 						mu.Lock()
-						results[key].attempts++
+						res.attempts++
 						if ok {
-							results[key].passed++
+							res.passed++
 						}
 						mu.Unlock()
 					}
