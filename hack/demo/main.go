@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/tollgate/tollgate/deploy/examples"
+	"github.com/tollgate/tollgate/internal/proc"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/netsim"
 )
@@ -270,32 +271,16 @@ func step(format string, args ...any) {
 }
 
 // start runs cmd with its output in logPath and returns a function that
-// stops it.
+// stops it. Cancelling cmd's context (Ctrl-C) sends SIGTERM, not SIGKILL,
+// so that the queuer removes its table on the way out.
 func start(cmd *exec.Cmd, logPath string) (func(), error) {
-	log, err := os.Create(logPath)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = proc.StopTimeout
+	p, err := proc.Start(cmd, logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
-	}
-	return func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		log.Close()
-	}, nil
+	return p.Stop, nil
 }
 
 // waitGeneration waits until the decider answers with a generation newer

@@ -26,6 +26,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tollgate/tollgate/deploy"
+	"github.com/tollgate/tollgate/internal/proc"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/cluster"
 	"github.com/tollgate/tollgate/test/netsim"
@@ -50,15 +51,14 @@ func podKeys() []string {
 
 // env is the running system shared by all cases.
 type env struct {
-	cluster  *cluster.Cluster
-	topo     *netsim.Topology
-	nodes    map[string]*netsim.Node
-	pods     map[string]*netsim.Pod // by "ns/name"
-	sockets  []string               // one decider socket per node
-	clients  []tollgatev1.DeciderServiceClient
-	workDir  string
-	procs    []*exec.Cmd
-	logFiles []string
+	cluster *cluster.Cluster
+	topo    *netsim.Topology
+	nodes   map[string]*netsim.Node
+	pods    map[string]*netsim.Pod // by "ns/name"
+	sockets []string               // one decider socket per node
+	clients []tollgatev1.DeciderServiceClient
+	workDir string
+	procs   []*proc.Proc
 }
 
 var sys *env
@@ -298,37 +298,17 @@ func (e *env) startNode(i int, name, kubeconfig string) error {
 }
 
 func (e *env) start(name string, cmd *exec.Cmd) error {
-	logPath := filepath.Join(e.workDir, name+".log")
-	f, err := os.Create(logPath)
+	p, err := proc.Start(cmd, filepath.Join(e.workDir, name+".log"))
 	if err != nil {
-		return err
-	}
-	cmd.Stdout, cmd.Stderr = f, f
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	e.procs = append(e.procs, cmd)
-	e.logFiles = append(e.logFiles, logPath)
+	e.procs = append(e.procs, p)
 	return nil
 }
 
 func (e *env) teardown() {
 	for i := len(e.procs) - 1; i >= 0; i-- {
-		p := e.procs[i]
-		_ = p.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+		e.procs[i].Stop()
 	}
 	if e.topo != nil {
 		_ = e.topo.Close()
@@ -340,12 +320,12 @@ func (e *env) teardown() {
 }
 
 func (e *env) dumpLogs() {
-	for _, l := range e.logFiles {
-		b, _ := os.ReadFile(l)
+	for _, p := range e.procs {
+		b := p.Log()
 		if len(b) > 4000 {
 			b = b[len(b)-4000:]
 		}
-		fmt.Fprintf(os.Stderr, "--- %s (tail) ---\n%s\n", filepath.Base(l), b)
+		fmt.Fprintf(os.Stderr, "--- %s (tail) ---\n%s\n", filepath.Base(p.LogPath()), b)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/tollgate/tollgate/internal/proc"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/cluster"
 )
@@ -67,7 +68,7 @@ func (e *kubeEnv) applyYAML(t *testing.T, manifest string) {
 
 // kubeDecider is a decider process watching the test apiserver.
 type kubeDecider struct {
-	p       *proc
+	p       *proc.Proc
 	sock    string
 	metrics string // host:port of /metrics and /readyz
 	client  tollgatev1.DeciderServiceClient
@@ -79,7 +80,7 @@ func startKubeDecider(t *testing.T, name, kubeconfig string) *kubeDecider {
 	t.Helper()
 	sock := fmt.Sprintf("%s/%s.sock", t.TempDir(), name)
 	addr := freeAddr(t)
-	p := startProc(t, name, exec.Command(bin("decider"), "--kubeconfig", kubeconfig, "--socket", sock,
+	p := proc.ForTest(t, name, exec.Command(bin("decider"), "--kubeconfig", kubeconfig, "--socket", sock,
 		"--node-name", "node-1", "--metrics-bind-address", addr, "--crd-check-interval", "1s"))
 	return &kubeDecider{p: p, sock: sock, metrics: addr, client: deciderClient(t, sock)}
 }
@@ -88,7 +89,7 @@ func startKubeDecider(t *testing.T, name, kubeconfig string) *kubeDecider {
 func (d *kubeDecider) waitServing(t *testing.T, limit time.Duration) time.Duration {
 	t.Helper()
 	return eventually(t, "decider SERVING", limit, func() bool {
-		if d.p.exited() {
+		if d.p.Exited() {
 			t.Fatal("the decider exited")
 		}
 		return healthcheck(d.sock) == 0
@@ -238,7 +239,7 @@ func testChangesWhileCutOff(t *testing.T, e *kubeEnv) {
 	})
 	t.Logf("the deletion and the creation made while cut off are in force %v after the apiserver was reachable again",
 		time.Since(back).Round(time.Millisecond))
-	if d.p.exited() {
+	if d.p.Exited() {
 		t.Error("the decider exited")
 	}
 	if out, err := e.c.Kubectl("delete", "networkpolicy", "-A", "--all"); err != nil {
@@ -274,7 +275,7 @@ func testCRDInstalledAndRemoved(t *testing.T, e *kubeEnv, d *kubeDecider) {
 	t.Logf("the removed kind's policy stopped applying %v after the CRD was deleted", took.Round(time.Millisecond))
 	// A few more discovery rounds: still up, still healthy, still ALLOW.
 	time.Sleep(2 * time.Second)
-	if d.p.exited() {
+	if d.p.Exited() {
 		t.Fatal("the decider exited after the CRD was removed")
 	}
 	if code := healthcheck(d.sock); code != 0 {
@@ -324,7 +325,7 @@ func testAPIServerStoppedAndRestarted(t *testing.T, e *kubeEnv, d *kubeDecider) 
 	// A decider that never synced says so.
 	late := startKubeDecider(t, "decider-token", tokenConfig)
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		if late.p.exited() {
+		if late.p.Exited() {
 			t.Fatal("a decider started without an apiserver exited")
 		}
 		if code := healthcheck(late.sock); code != 1 {
@@ -373,7 +374,7 @@ func testAPIServerStoppedAndRestarted(t *testing.T, e *kubeEnv, d *kubeDecider) 
 	if _, g := d.verdict(t, ipZA, ipXA); g <= gen {
 		t.Errorf("admin decider generation %d after the resync, want > %d", g, gen)
 	}
-	if d.p.exited() || late.p.exited() {
+	if d.p.Exited() || late.p.Exited() {
 		t.Error("a decider exited")
 	}
 	if out, err := e.c.Kubectl("delete", "networkpolicy", "-A", "--all"); err != nil {

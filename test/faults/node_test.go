@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/proc"
 	"github.com/tollgate/tollgate/test/netsim"
 )
 
@@ -53,13 +54,13 @@ func newSimNode(t *testing.T, topoPrefix, subnet string, pods []string, ports ..
 // startQueuer runs the queuer in the node's namespace with the decider
 // socket and extra flags, and waits until it has installed its table and
 // selected ip.
-func (n *simNode) startQueuer(name, socket, selectedIP string, failOpen bool, extra ...string) *proc {
+func (n *simNode) startQueuer(name, socket, selectedIP string, failOpen bool, extra ...string) *proc.Proc {
 	n.t.Helper()
 	args := []string{"netns", "exec", n.node.Netns(), bin("queuer"), "--decider-socket", socket, "--node-name", "node-1",
 		"--fail-open=" + strconv.FormatBool(failOpen), "--metrics-bind-address", queuerMetrics}
-	p := startProc(n.t, name, exec.Command("ip", append(args, extra...)...))
+	p := proc.ForTest(n.t, name, exec.Command("ip", append(args, extra...)...))
 	eventually(n.t, "queuer selected "+selectedIP, 20*time.Second, func() bool {
-		if p.exited() {
+		if p.Exited() {
 			n.t.Fatal("the queuer exited")
 		}
 		return n.selected(selectedIP)

@@ -119,7 +119,7 @@ func testQueueOverflow(t *testing.T, failOpen bool) {
 	sock := serveFake(t, fake)
 	q := n.startQueuer("queuer", sock, n.pods["b"].IPv4.String(), failOpen,
 		"--queues", "1", "--queue-maxlen", "4", "--queue-workers", "1", "--decide-timeout", "2s")
-	pid := q.cmd.Process.Pid // ip netns exec execs the queuer in place
+	pid := q.Pid() // ip netns exec execs the queuer in place
 
 	// Warm up (first connections, first decider stream), then measure.
 	eventually(t, "a -> b allowed before the burst", 5*time.Second, func() bool { return n.passed("a", "b", 80, time.Second) })
@@ -162,7 +162,7 @@ func testQueueOverflow(t *testing.T, failOpen bool) {
 		t.Fatalf("burst: %v", err)
 	}
 	t.Logf("burst outcomes: %v", reasons)
-	if q.exited() {
+	if q.Exited() {
 		t.Fatal("the queuer exited during the burst")
 	}
 	sent := func(src int) int64 {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/proc"
 	"github.com/tollgate/tollgate/test/netsim"
 )
 
@@ -40,7 +41,7 @@ func testQueuerKilledAndRestarted(t *testing.T, failOpen bool) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "decider.sock")
-	startProc(t, "decider", exec.Command(bin("decider"), "--manifests", manifests, "--socket", sock,
+	proc.ForTest(t, "decider", exec.Command(bin("decider"), "--manifests", manifests, "--socket", sock,
 		"--node-name", "node-1", "--metrics-bind-address", ""))
 	eventually(t, "decider SERVING", 15*time.Second, func() bool { return healthcheck(sock) == 0 })
 	b := n.pods["b"].IPv4.String()
@@ -85,7 +86,7 @@ func testQueuerKilledAndRestarted(t *testing.T, failOpen bool) {
 	t.Cleanup(stopProbing)
 
 	time.Sleep(300 * time.Millisecond)
-	q.kill()
+	q.Kill()
 	killed := time.Now()
 	time.Sleep(200 * time.Millisecond)
 	if _, err := netsim.Exec(n.node.Netns(), "nft", "list", "table", "inet", "tollgate"); err != nil {
@@ -125,7 +126,7 @@ func testQueuerKilledAndRestarted(t *testing.T, failOpen bool) {
 	if n.passed("c", "b", 81, time.Second) {
 		t.Error("after the restart: z/c -> y/b:81 passed, want denied")
 	}
-	if q2.exited() {
+	if q2.Exited() {
 		t.Error("the new queuer exited")
 	}
 }

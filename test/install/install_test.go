@@ -6,15 +6,14 @@ package install
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tollgate/tollgate/deploy"
+	"github.com/tollgate/tollgate/internal/proc"
 	"github.com/tollgate/tollgate/test/cluster"
 )
 
@@ -80,24 +79,7 @@ func TestInstallManifests(t *testing.T) {
 			dir := t.TempDir()
 			sock := filepath.Join(dir, "d.sock")
 			cmd := exec.Command(bin, "--kubeconfig", kubeconfig, "--socket", sock, "--node-name", "n1", "--metrics-bind-address", "")
-			logf, err := os.Create(filepath.Join(dir, "decider.log"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stdout, cmd.Stderr = logf, logf
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				_ = cmd.Wait()
-				logf.Close()
-				if t.Failed() {
-					b, _ := os.ReadFile(logf.Name())
-					t.Logf("decider log:\n%s", b)
-				}
-			}()
+			p := proc.ForTest(t, "decider", cmd)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			for {
@@ -109,9 +91,8 @@ func TestInstallManifests(t *testing.T) {
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
-			b, _ := os.ReadFile(logf.Name())
-			if strings.Contains(string(b), "forbidden") {
-				t.Errorf("the decider hit forbidden requests:\n%s", b)
+			if log := p.Log(); strings.Contains(log, "forbidden") {
+				t.Errorf("the decider hit forbidden requests:\n%s", log)
 			}
 		})
 	}

@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -79,10 +78,7 @@ func TestDeciderKilledUnderLoad(t *testing.T) {
 				})
 			}
 			time.Sleep(500 * time.Millisecond)
-			if err := n.decider.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			_ = n.decider.Wait()
+			n.decider.Kill()
 			time.Sleep(time.Second)
 			outage := func() map[string]*loadResult {
 				mu.Lock()

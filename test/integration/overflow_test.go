@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/tollgate/tollgate/internal/proc"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/netsim"
 )
@@ -70,7 +71,7 @@ func TestQueueOverflow(t *testing.T) {
 			go func() { _ = g.Serve(lis) }()
 			t.Cleanup(g.Stop)
 
-			n.queuer = n.start("queuer", exec.Command("ip", "netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
+			n.queuer = proc.ForTest(n.t, "queuer", exec.Command("ip", "netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
 				"--decider-socket", n.socket, "--node-name", "node-1", "--queues", "1", "--queue-maxlen", "2", "--queue-workers", "1",
 				"--fail-open="+strconv.FormatBool(failOpen), "--decide-timeout", "2s", "--cache-size", "16", "--metrics-bind-address", ""))
 			n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
@@ -90,7 +91,7 @@ func TestQueueOverflow(t *testing.T) {
 			}
 			wg.Wait()
 			t.Logf("burst: %d connected, %d failed, %d queries reached the decider", ok.Load(), failed.Load(), fake.queries.Load())
-			if n.queuer.ProcessState != nil {
+			if n.queuer.Exited() {
 				t.Fatal("the queuer exited during the burst")
 			}
 			out, _ := netsim.Exec(n.node.Netns(), "cat", "/proc/net/netfilter/nfnetlink_queue")

@@ -17,10 +17,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/proc"
 	"github.com/tollgate/tollgate/test/netsim"
 )
 
@@ -110,8 +110,8 @@ type node struct {
 	dir       string
 	manifests string
 	socket    string
-	decider   *exec.Cmd
-	queuer    *exec.Cmd
+	decider   *proc.Proc
+	queuer    *proc.Proc
 }
 
 func newNode(t *testing.T) *node {
@@ -152,48 +152,9 @@ func (n *node) write(name, content string) {
 	}
 }
 
-// start runs cmd, logging to a file that is printed if the test fails.
-func (n *node) start(name string, cmd *exec.Cmd) *exec.Cmd {
-	n.t.Helper()
-	logPath := filepath.Join(n.dir, name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		n.t.Fatal(err)
-	}
-	n.t.Cleanup(func() {
-		stop(cmd)
-		f.Close()
-		if n.t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			n.t.Logf("--- %s log ---\n%s", name, b)
-		}
-	})
-	return cmd
-}
-
-func stop(cmd *exec.Cmd) {
-	if cmd.ProcessState != nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	}
-}
-
 func (n *node) startDecider() {
 	n.t.Helper()
-	n.decider = n.start("decider", exec.Command(filepath.Join(binDir, "decider"), "--manifests", n.manifests,
+	n.decider = proc.ForTest(n.t, "decider", exec.Command(filepath.Join(binDir, "decider"), "--manifests", n.manifests,
 		"--socket", n.socket, "--node-name", "node-1", "--metrics-bind-address", ""))
 	n.eventually("decider healthy", 15*time.Second, func() bool {
 		return exec.Command(filepath.Join(binDir, "decider"), "healthcheck", "--socket", n.socket).Run() == nil
@@ -202,7 +163,7 @@ func (n *node) startDecider() {
 
 func (n *node) startQueuer(failOpen bool) {
 	n.t.Helper()
-	n.queuer = n.start("queuer", exec.Command("ip", "netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
+	n.queuer = proc.ForTest(n.t, "queuer", exec.Command("ip", "netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
 		"--decider-socket", n.socket, "--node-name", "node-1", "--queues", "2", "--nfqueue-id", "100",
 		"--fail-open="+strconv.FormatBool(failOpen), "--decide-timeout", "300ms", "--metrics-bind-address", "127.0.0.1:9080"))
 	n.eventually("queuer table installed", 15*time.Second, func() bool {
@@ -354,7 +315,7 @@ func TestFailModesWithDeciderDown(t *testing.T) {
 			n.startDecider()
 			n.startQueuer(failOpen)
 			n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
-			stop(n.decider)
+			n.decider.Stop()
 			// New tuples of the selected pod get the fail mode; pods no
 			// policy selects are untouched either way.
 			n.check(
@@ -409,7 +370,7 @@ func TestFailClosedSurvivesQueuerExit(t *testing.T) {
 	n.startDecider()
 	n.startQueuer(false)
 	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
-	stop(n.queuer)
+	n.queuer.Stop()
 	n.check(probe{"c", "b", netsim.TCP, false, false}, probe{"a", "c", netsim.TCP, false, true})
 	if _, err := netsim.Exec(n.node.Netns(), "nft", "list", "table", "inet", "tollgate"); err != nil {
 		t.Errorf("fail-closed queuer removed its table on exit: %v", err)
@@ -442,8 +403,7 @@ func TestFailClosedQueuerKilledAndRestarted(t *testing.T) {
 			}
 		}
 	})
-	_ = syscall.Kill(-n.queuer.Process.Pid, syscall.SIGKILL)
-	_ = n.queuer.Wait()
+	n.queuer.Kill()
 	time.Sleep(500 * time.Millisecond)
 	n.startQueuer(false)
 	n.eventually("allowed traffic after the restart", 10*time.Second, func() bool {
