@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -136,4 +137,63 @@ func fmtResults(m map[string]*loadResult) string {
 		}
 	}
 	return s
+}
+
+// denyFromX is policyYAML turned around: y/b now refuses namespace x.
+const denyFromX = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-x, namespace: "y"}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: z}}}]
+    ports: [{port: 80, protocol: TCP}]
+`
+
+// TestDeciderRestartedWithOtherPolicies: the decider dies, its policies
+// change while it is down, and the new process starts over at generation 1
+// — the generation the old one had. The queuer must still drop every
+// verdict it cached (userspace and kernel), so that within 1 s of the new
+// decider being healthy the allowed-then-denied connection is refused.
+func TestDeciderRestartedWithOtherPolicies(t *testing.T) {
+	n := newNode(t)
+	n.write("policy.yaml", policyYAML)
+	n.startDecider()
+	n.startQueuer(true)
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	// a -> b:80 is allowed and, after the first connection, cached in the
+	// kernel at generation 1.
+	n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"a", "b", netsim.TCP, false, true})
+	if g := n.metric("tollgate_decider_generation"); g != 1 {
+		t.Fatalf("generation %v before the restart, want 1 (the test needs the restarted decider to reach the same number)", g)
+	}
+	if out, err := netsim.Exec(n.node.Netns(), "nft", "list", "set", "inet", "tollgate", "allow4"); err != nil || !strings.Contains(out, "10.99.1.1 . 10.99.1.2 . tcp . 80") {
+		t.Fatalf("a -> b:80 is not in the kernel's allow set before the restart (%v):\n%s", err, out)
+	}
+	n.decider.Kill()
+	n.write("policy.yaml", denyFromX)
+	n.startDecider()
+	healthy := time.Now()
+	var refused time.Duration
+	for time.Since(healthy) < 5*time.Second && refused == 0 {
+		ok, err := netsim.Probe(n.pods["a"], n.pods["b"].IPv4, 80, netsim.TCP, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			refused = time.Since(healthy)
+		}
+	}
+	if refused == 0 {
+		t.Fatal("a -> b:80 still connects 5 s after a decider with a policy denying it started: a cached verdict of the old decider is being served")
+	}
+	t.Logf("a -> b refused %v after the restarted decider became healthy", refused.Round(time.Millisecond))
+	if refused > time.Second {
+		t.Errorf("the old decider's verdict was served for %v, want under 1s", refused)
+	}
+	if g := n.metric("tollgate_decider_generation"); g != 1 {
+		t.Errorf("generation %v after the restart, want 1", g)
+	}
+	n.check(probe{"c", "b", netsim.TCP, false, true})
 }
