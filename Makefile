@@ -90,6 +90,10 @@ demo: e2e-deps build ## Real packets, real verdicts: the example policies on a s
 bench: ## Engine benchmarks (see docs/performance.md).
 	go test -run '^$$' -bench . -benchmem ./decider/engine/
 
+.PHONY: contract
+contract: ## The decider conformance kit against SOCKET (a decider loaded with deploy/examples), or against Tollgate's own.
+	go test -count=1 -v ./test/contract/ $(if $(SOCKET),-args -contract.socket=$(SOCKET))
+
 .PHONY: bench-knp
 bench-knp: ## Side by side with kube-network-policies v1.1.1 (fetched from the module proxy): same objects, same verdicts checked, then ns/op and ratio.
 	hack/bench-knp/run.sh
