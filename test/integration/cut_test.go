@@ -185,6 +185,37 @@ func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 	}
 }
 
+// TestCutEstablishedOff: with --cut-established=false a policy change
+// leaves established connections alone (new ones still get the new
+// verdict), which is what the flag promises.
+func TestCutEstablishedOff(t *testing.T) {
+	n := newNode(t)
+	n.write("policy.yaml", allowBoth)
+	n.startDecider()
+	n.startQueuer(true, "--cut-established=false")
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	echoServer(t, n.pods["b"], "10.99.1.2:82")
+	fromX := dial(t, n.pods["a"], "10.99.1.2:82")
+	if !fromX.ping() {
+		t.Fatal("echo session does not work before the policy change")
+	}
+	n.write("policy.yaml", allowZOnly)
+	n.eventually("the new generation", 10*time.Second, func() bool { return n.metric("tollgate_decider_generation") >= 2 })
+	// Two seconds: well past the ≈ 300 ms a cut takes when the flag is on.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if !fromX.ping() {
+			t.Fatal("the established x/a session was cut although --cut-established=false")
+		}
+	}
+	if runs := n.metric("tollgate_conntrack_cut_runs_total"); runs != 0 {
+		t.Errorf("flow cutter ran %v times with the flag off", runs)
+	}
+	// New connections follow the policy.
+	if ok, _ := netsim.Probe(n.pods["a"], n.pods["b"].IPv4, 82, netsim.TCP, 500*time.Millisecond); ok {
+		t.Error("a new x/a -> y/b:82 connection got through after the policy denied it")
+	}
+}
+
 // selectsNothing is a policy that selects no pod: a new generation that
 // changes no verdict.
 const selectsNothing = `

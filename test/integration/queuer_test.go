@@ -161,11 +161,12 @@ func (n *node) startDecider() {
 	})
 }
 
-func (n *node) startQueuer(failOpen bool) {
+func (n *node) startQueuer(failOpen bool, extra ...string) {
 	n.t.Helper()
-	n.queuer = proc.ForTest(n.t, "queuer", exec.Command("ip", "netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
+	args := append([]string{"netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
 		"--decider-socket", n.socket, "--node-name", "node-1", "--queues", "2", "--nfqueue-id", "100",
-		"--fail-open="+strconv.FormatBool(failOpen), "--decide-timeout", "300ms", "--metrics-bind-address", "127.0.0.1:9080"))
+		"--fail-open=" + strconv.FormatBool(failOpen), "--decide-timeout", "300ms", "--metrics-bind-address", "127.0.0.1:9080"}, extra...)
+	n.queuer = proc.ForTest(n.t, "queuer", exec.Command("ip", args...))
 	n.eventually("queuer table installed", 15*time.Second, func() bool {
 		out, err := netsim.Exec(n.node.Netns(), "nft", "list", "table", "inet", "tollgate")
 		return err == nil && strings.Contains(out, "selected4")
