@@ -25,7 +25,11 @@ type decider interface {
 // *kernelBatcher implements it.
 type verdictSink interface {
 	Add(v dataplane.Verdict, gen uint64)
+	// Reset empties the kernel cache for generation gen.
 	Reset(ctx context.Context, gen uint64) error
+	// Advance moves to generation gen, dropping only the verdicts that
+	// involve an address changed reports.
+	Advance(ctx context.Context, gen uint64, changed func(netip.Addr) bool) error
 }
 
 // selectedSyncer programs the selected-pod sets; *dataplane.Dataplane
@@ -138,9 +142,11 @@ func (h *handler) failMode() bool {
 }
 
 // applyWatch applies one announcement of the decider: the selected-pod sets,
-// and on a new generation the invalidation of both cache tiers. A lower
-// generation than the last one means the decider restarted and counts
-// afresh, so the caches are reset to it.
+// and on a new generation the invalidation of both cache tiers: precise
+// when the decider listed the changed addresses, complete otherwise (a new
+// stream, or changed_all). A lower generation than the last one, or another
+// decider instance, means the numbering started afresh, so the caches are
+// reset.
 func (h *handler) applyWatch(ctx context.Context, dp selectedSyncer, u client.WatchUpdate) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -153,7 +159,24 @@ func (h *handler) applyWatch(ctx context.Context, dp selectedSyncer, u client.Wa
 	// stream may be another process.
 	restarted := seen && (u.Instance != h.instance || (u.Instance == "" && u.First))
 	h.instance = u.Instance
-	if !seen || restarted || u.Generation != prev {
+	if seen && !restarted && !u.ChangedAll && u.Generation > prev {
+		// The decider listed what changed: verdicts between two unlisted
+		// addresses stand, in both tiers.
+		changed := make(map[netip.Addr]struct{}, len(u.Changed))
+		for _, a := range u.Changed {
+			changed[a.Unmap()] = struct{}{}
+		}
+		isChanged := func(a netip.Addr) bool { _, ok := changed[a.Unmap()]; return ok }
+		h.cache.Advance(u.Generation, isChanged)
+		h.gen.Store(u.Generation)
+		h.metrics.invalidations.WithLabelValues("precise").Inc()
+		if h.sink != nil {
+			if err := h.sink.Advance(ctx, u.Generation, isChanged); err != nil {
+				return fmt.Errorf("invalidate kernel verdicts for generation %d: %w", u.Generation, err)
+			}
+		}
+	} else if !seen || restarted || u.Generation != prev {
+		h.metrics.invalidations.WithLabelValues("full").Inc()
 		if restarted || u.Generation < prev {
 			slog.Info("decider restarted or generation went backwards; resetting caches",
 				"from", prev, "to", u.Generation, "instance", u.Instance)
@@ -178,6 +201,7 @@ func (h *handler) applyWatch(ctx context.Context, dp selectedSyncer, u client.Wa
 type verdictStore interface {
 	AddVerdicts(ctx context.Context, vs []dataplane.Verdict) error
 	FlushVerdicts(ctx context.Context) error
+	InvalidateVerdicts(ctx context.Context, changed func(netip.Addr) bool) error
 }
 
 // kernelBatcher moves decided tuples into the kernel verdict sets off the
@@ -228,6 +252,16 @@ func (b *kernelBatcher) Reset(ctx context.Context, gen uint64) error {
 	defer b.mu.Unlock()
 	b.gen = gen
 	return b.store.FlushVerdicts(ctx)
+}
+
+// Advance makes gen current and removes from the kernel the verdicts that
+// involve an address changed reports. Queued verdicts of older generations
+// are dropped when their batch is written, affected or not.
+func (b *kernelBatcher) Advance(ctx context.Context, gen uint64, changed func(netip.Addr) bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.gen = gen
+	return b.store.InvalidateVerdicts(ctx, changed)
 }
 
 // Run writes batches until ctx ends.

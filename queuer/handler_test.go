@@ -51,13 +51,18 @@ func (f *fakeDecider) Decide(ctx context.Context, q client.Query) (client.Result
 
 // fakeSink records kernel-cache traffic.
 type fakeSink struct {
-	added  []dataplane.Verdict
-	resets []uint64
+	added    []dataplane.Verdict
+	resets   []uint64
+	advances []uint64
 }
 
 func (s *fakeSink) Add(v dataplane.Verdict, _ uint64) { s.added = append(s.added, v) }
 func (s *fakeSink) Reset(_ context.Context, gen uint64) error {
 	s.resets = append(s.resets, gen)
+	return nil
+}
+func (s *fakeSink) Advance(_ context.Context, gen uint64, _ func(netip.Addr) bool) error {
+	s.advances = append(s.advances, gen)
 	return nil
 }
 
@@ -250,9 +255,9 @@ func TestApplyWatch(t *testing.T) {
 	if len(dec.queries) != 1 {
 		t.Error("same generation invalidated the cache")
 	}
-	// A new generation invalidates both tiers.
+	// A new generation that may change anything invalidates both tiers.
 	dec.gen = 6
-	if err := h.applyWatch(ctx, sel, client.WatchUpdate{Generation: 6}); err != nil {
+	if err := h.applyWatch(ctx, sel, client.WatchUpdate{Generation: 6, ChangedAll: true}); err != nil {
 		t.Fatal(err)
 	}
 	h.handle(p)
@@ -305,6 +310,13 @@ func (s *fakeStore) FlushVerdicts(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.flushes++
+	return nil
+}
+
+func (s *fakeStore) InvalidateVerdicts(context.Context, func(netip.Addr) bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.flushes++ // a fake cannot tell the two apart; both empty the cache
 	return nil
 }
 
@@ -596,5 +608,41 @@ func TestApplyWatchDeciderRestartSameGeneration(t *testing.T) {
 	}
 	if !slices.Equal(sink.resets, []uint64{3, 3, 3}) {
 		t.Errorf("kernel cache resets = %v, want [3 3 3] (first sight, restart, unnamed stream)", sink.resets)
+	}
+}
+
+// TestApplyWatchPrecise: with the changed addresses listed, a new
+// generation drops only the verdicts involving them, in both tiers.
+func TestApplyWatchPrecise(t *testing.T) {
+	dec := &fakeDecider{allow: true, gen: 5}
+	h, sink := newTestHandler(dec, true)
+	sel := &fakeSelected{}
+	ctx := context.Background()
+	if err := h.applyWatch(ctx, sel, client.WatchUpdate{Generation: 5, Instance: "a", First: true, ChangedAll: true}); err != nil {
+		t.Fatal(err)
+	}
+	ab := nfq.Packet{Payload: pkt4("10.0.0.1", "10.0.0.2", 6, 1, 80)}
+	cd := nfq.Packet{Payload: pkt4("10.0.0.3", "10.0.0.4", 6, 1, 80)}
+	h.handle(ab)
+	h.handle(cd)
+	if len(dec.queries) != 2 {
+		t.Fatalf("%d queries, want 2", len(dec.queries))
+	}
+	// Generation 6 changed 10.0.0.4 only: a -> b stays cached, c -> d is
+	// asked again.
+	dec.gen = 6
+	if err := h.applyWatch(ctx, sel, client.WatchUpdate{Generation: 6, Instance: "a", Changed: []netip.Addr{netip.MustParseAddr("10.0.0.4")}}); err != nil {
+		t.Fatal(err)
+	}
+	h.handle(ab)
+	h.handle(cd)
+	if len(dec.queries) != 3 || dec.queries[2].Dst != netip.MustParseAddr("10.0.0.4") {
+		t.Errorf("after a change of 10.0.0.4: queries %v, want only c -> d asked again", dec.queries)
+	}
+	if !slices.Equal(sink.advances, []uint64{6}) || !slices.Equal(sink.resets, []uint64{5}) {
+		t.Errorf("kernel cache: advances %v resets %v, want [6] and [5]", sink.advances, sink.resets)
+	}
+	if got := value(t, h.metrics.invalidations.WithLabelValues("precise")); got != 1 {
+		t.Errorf("precise invalidations = %v", got)
 	}
 }

@@ -41,6 +41,7 @@ type metrics struct {
 	kernelCacheDropped prometheus.Counter
 	kernelCacheStale   prometheus.Counter
 	kernelCacheErrors  prometheus.Counter
+	invalidations      *prometheus.CounterVec
 
 	state *stateCollector
 }
@@ -101,11 +102,15 @@ func newMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *metric
 			Name: "tollgate_kernel_cache_errors_total",
 			Help: "Failed writes of verdict batches to the kernel cache.",
 		}),
+		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_cache_invalidations_total",
+			Help: "Decider generations applied to the verdict caches: precise (only verdicts involving changed addresses dropped) or full.",
+		}, []string{"kind"}),
 	}
 	m.state = &stateCollector{cache: c, counters: counters, procPath: procPath}
 	m.registry.MustRegister(m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
 		m.deciderErrors, m.parseErrors, m.generation, m.dataplaneMode,
-		m.kernelCacheDropped, m.kernelCacheStale, m.kernelCacheErrors,
+		m.kernelCacheDropped, m.kernelCacheStale, m.kernelCacheErrors, m.invalidations,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.state)
 	return m

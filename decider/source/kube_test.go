@@ -269,9 +269,9 @@ func TestKubeAddUpdateDelete(t *testing.T) {
 			slices.Equal(policyNames(in), []string{"AdminNetworkPolicy/anp-1", "BaselineAdminNetworkPolicy/default", "NetworkPolicy/x/deny"}) &&
 			len(in.Nodes) == 1 && len(in.Nodes[0].Status.Addresses) == 1
 	})
-	if f.changes.Load() <= before {
-		t.Errorf("changed was not called for additions")
-	}
+	// The informer updates its store before it runs the handlers, so the
+	// call may come a moment after the objects show.
+	eventually(t, "changed called for additions", func() bool { return f.changes.Load() > before })
 
 	// Update.
 	before = f.changes.Load()
@@ -293,9 +293,9 @@ func TestKubeAddUpdateDelete(t *testing.T) {
 		}
 		return labelled && len(in.AdminNetworkPolicies) == 1 && in.AdminNetworkPolicies[0].Spec.Priority == 7
 	})
-	if f.changes.Load() <= before {
-		t.Errorf("changed was not called for updates")
-	}
+	// The informer updates its store before it runs the handlers, so the
+	// call may come a moment after the objects show.
+	eventually(t, "changed called for updates", func() bool { return f.changes.Load() > before })
 
 	// Delete.
 	before = f.changes.Load()
@@ -310,9 +310,9 @@ func TestKubeAddUpdateDelete(t *testing.T) {
 		return slices.Equal(podNames(in), []string{"x/b"}) &&
 			slices.Equal(policyNames(in), []string{"BaselineAdminNetworkPolicy/default", "NetworkPolicy/x/deny"})
 	})
-	if f.changes.Load() <= before {
-		t.Errorf("changed was not called for deletions")
-	}
+	// The informer updates its store before it runs the handlers, so the
+	// call may come a moment after the objects show.
+	eventually(t, "changed called for deletions", func() bool { return f.changes.Load() > before })
 }
 
 func TestKubeStripsObjects(t *testing.T) {

@@ -253,6 +253,38 @@ func (c *Cache) Invalidate(gen uint64) {
 	}
 }
 
+// Advance announces generation gen when the decider says which addresses
+// it may now judge differently: entries of the current generation that
+// involve one of them (changed reports which) are dropped, the others are
+// carried over to gen, since their verdicts stand. Entries already stale
+// stay stale. It takes every shard lock in turn; a gen not newer than the
+// current one does nothing.
+func (c *Cache) Advance(gen uint64, changed func(netip.Addr) bool) {
+	cur := c.gen.Load()
+	if gen <= cur {
+		return
+	}
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for _, j := range s.index {
+			e := &s.entries[j]
+			switch {
+			case e.gen != cur:
+			case changed(e.key.Src) || changed(e.key.Dst):
+				s.remove(j)
+				s.expired++
+			default:
+				e.gen = gen
+			}
+		}
+		s.mu.Unlock()
+	}
+	// Puts of cur that raced with the sweep stay at cur and read as misses
+	// from here on.
+	c.Invalidate(gen)
+}
+
 // Reset drops every entry and sets the generation to gen, even if gen is
 // lower than the current one. It is for a decider that restarted and counts
 // generations afresh; it takes every shard lock in turn.

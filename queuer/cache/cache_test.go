@@ -262,3 +262,44 @@ func BenchmarkGetHitParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestAdvance(t *testing.T) {
+	c := New(Options{Size: 64})
+	c.Invalidate(3)
+	c.Put(key(1), true, 3)  // src 10.0.0.1: changed below
+	c.Put(key(2), false, 3) // src 10.0.0.2: unchanged
+	c.Put(key(3), true, 2)  // already stale (Put ignored)
+	c.Put(key(4), true, 4)  // already of the next generation
+	changedIP := netip.MustParseAddr("10.0.0.1")
+	c.Advance(4, func(a netip.Addr) bool { return a == changedIP })
+	if g := c.Generation(); g != 4 {
+		t.Fatalf("Generation = %d after Advance(4)", g)
+	}
+	if _, ok := c.Get(key(1)); ok {
+		t.Error("an entry involving a changed address survived Advance")
+	}
+	if allow, ok := c.Get(key(2)); !ok || allow {
+		t.Errorf("an unaffected entry: %v %v, want the cached deny", allow, ok)
+	}
+	if _, ok := c.Get(key(3)); ok {
+		t.Error("a stale entry came back")
+	}
+	if _, ok := c.Get(key(4)); !ok {
+		t.Error("an entry of the new generation was dropped")
+	}
+	// The destination counts too.
+	dst := Key{Src: netip.MustParseAddr("10.9.9.9"), Dst: changedIP, Proto: 6, DstPort: 80}
+	c.Put(dst, true, 4)
+	c.Advance(5, func(a netip.Addr) bool { return a == changedIP })
+	if _, ok := c.Get(dst); ok {
+		t.Error("an entry whose destination changed survived Advance")
+	}
+	if _, ok := c.Get(key(2)); !ok {
+		t.Error("the unaffected entry was dropped by the second Advance")
+	}
+	// Not newer: nothing happens.
+	c.Advance(5, func(netip.Addr) bool { return true })
+	if _, ok := c.Get(key(2)); !ok {
+		t.Error("Advance to the current generation dropped entries")
+	}
+}

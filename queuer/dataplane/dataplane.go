@@ -89,6 +89,14 @@ type Dataplane struct {
 	setUp         bool
 	// queuedBase is the queued counter's value when Setup ran.
 	queuedBase uint64
+	// verdicts mirrors the elements of the verdict sets that this process
+	// added and the kernel has not expired, so that InvalidateVerdicts can
+	// remove only those a change affects. pruneAt is the size at which
+	// expired ones are forgotten.
+	verdicts map[string]mirrored
+	pruneAt  int
+	// now is the clock (time.Now; tests set their own).
+	now func() time.Time
 }
 
 // New creates a Dataplane for the running kernel: nftables through the `nft`
@@ -143,7 +151,8 @@ func NewWithBackends(cfg Config, mode Mode, nft knftables.Interface, ipt IPTable
 }
 
 func newDataplane(cfg Config, mode Mode, nft knftables.Interface, ipt IPTables) *Dataplane {
-	return &Dataplane{cfg: cfg, mode: mode, nft: nft, ipt: ipt, selected: map[netip.Addr]struct{}{}}
+	return &Dataplane{cfg: cfg, mode: mode, nft: nft, ipt: ipt, selected: map[netip.Addr]struct{}{},
+		verdicts: map[string]mirrored{}, pruneAt: 4096, now: time.Now}
 }
 
 // withDefaults validates cfg and fills in defaults.
@@ -208,6 +217,7 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 	}
 	d.selected = adopted
 	d.queuedBase = base
+	clear(d.verdicts) // the verdict sets were recreated empty
 	d.selectedKnown = true
 	d.setUp = true
 

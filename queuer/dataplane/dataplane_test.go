@@ -556,3 +556,70 @@ func TestDetectMode(t *testing.T) {
 		})
 	}
 }
+
+func TestInvalidateVerdicts(t *testing.T) {
+	ctx := context.Background()
+	d, nft, _ := newFake(t, ModeXT, Config{FirstQueue: 100, QueueCount: 1, VerdictTTL: 60 * time.Second})
+	now := time.Unix(1000, 0)
+	d.now = func() time.Time { return now }
+	a := netip.MustParseAddr
+	add := func(vs ...Verdict) {
+		t.Helper()
+		if err := d.AddVerdicts(ctx, vs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(Verdict{Src: a("10.0.0.1"), Dst: a("10.0.0.2"), Proto: 6, DstPort: 80, Allow: true},
+		Verdict{Src: a("10.0.0.3"), Dst: a("10.0.0.4"), Proto: 6, DstPort: 80, Allow: false},
+		Verdict{Src: a("10.0.0.5"), Dst: a("10.0.0.1"), Proto: 17, DstPort: 53, Allow: true},
+		Verdict{Src: a("fd00::1"), Dst: a("fd00::2"), Proto: 6, DstPort: 443, Allow: true})
+	changed := func(ips ...string) func(netip.Addr) bool {
+		return func(x netip.Addr) bool {
+			for _, ip := range ips {
+				if x == a(ip) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	// 10.0.0.1 changed: both elements that involve it go, as source or
+	// destination; the others stay.
+	if err := d.InvalidateVerdicts(ctx, changed("10.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	for set, want := range map[string]string{
+		setAllow4: "", setDeny4: "10.0.0.3 . 10.0.0.4 . tcp . 80", setAllow6: "fd00::1 . fd00::2 . tcp . 443",
+	} {
+		if got := strings.Join(elements(t, nft, set), ","); got != want {
+			t.Errorf("%s = %q, want %q", set, got, want)
+		}
+	}
+	// Nothing involved: no transaction at all.
+	last := nft.LastTransaction
+	if err := d.InvalidateVerdicts(ctx, changed("10.9.9.9")); err != nil || nft.LastTransaction != last {
+		t.Errorf("unrelated change: err %v, ran a transaction %v", err, nft.LastTransaction != last)
+	}
+	// An element the kernel expired is not deleted (it is gone already).
+	now = now.Add(61 * time.Second)
+	if err := d.InvalidateVerdicts(ctx, changed("10.0.0.3")); err != nil || nft.LastTransaction != last {
+		t.Errorf("expired element: err %v, ran a transaction %v", err, nft.LastTransaction != last)
+	}
+	// If the kernel lost an element the mirror still has, the delete fails
+	// and the sets are flushed instead.
+	add(Verdict{Src: a("10.0.0.7"), Dst: a("10.0.0.8"), Proto: 6, DstPort: 80, Allow: true},
+		Verdict{Src: a("10.0.0.9"), Dst: a("10.0.0.8"), Proto: 6, DstPort: 81, Allow: true})
+	tx := nft.NewTransaction()
+	tx.Delete(&knftables.Element{Set: setAllow4, Key: []string{"10.0.0.7", "10.0.0.8", "tcp", "80"}})
+	if err := nft.Run(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.InvalidateVerdicts(ctx, changed("10.0.0.8")); err != nil {
+		t.Fatalf("fallback flush: %v", err)
+	}
+	for _, set := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
+		if got := elements(t, nft, set); len(got) != 0 {
+			t.Errorf("%s after the fallback flush = %v", set, got)
+		}
+	}
+}

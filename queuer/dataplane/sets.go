@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"sigs.k8s.io/knftables"
 )
@@ -140,7 +142,83 @@ func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 	if err := d.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("dataplane: add %d verdicts: %w", tx.NumOperations(), err)
 	}
+	// Remember what the kernel holds until when. Adding an element that is
+	// already there does not renew its timeout, so a live entry keeps its
+	// expiry; the time is taken after the transaction, so it is never
+	// earlier than the kernel's.
+	now := d.now()
+	expires := now.Add(d.cfg.VerdictTTL / time.Second * time.Second)
+	for _, v := range vs {
+		e, ok, _ := verdictElement(v)
+		if !ok {
+			continue
+		}
+		k := mirrorKey(e)
+		if old, found := d.verdicts[k]; !found || !old.expires.After(now) {
+			d.verdicts[k] = mirrored{src: v.Src.Unmap().WithZone(""), dst: v.Dst.Unmap().WithZone(""), elem: e, expires: expires}
+		}
+	}
+	if len(d.verdicts) > d.pruneAt {
+		d.pruneVerdicts(now)
+	}
 	return nil
+}
+
+// mirrored is a verdict-set element the dataplane added, as it remembers it.
+type mirrored struct {
+	src, dst netip.Addr
+	elem     *knftables.Element
+	expires  time.Time
+}
+
+func mirrorKey(e *knftables.Element) string { return e.Set + " " + strings.Join(e.Key, " . ") }
+
+// pruneVerdicts forgets elements the kernel has expired. d.mu is held.
+func (d *Dataplane) pruneVerdicts(now time.Time) {
+	for k, m := range d.verdicts {
+		if !m.expires.After(now) {
+			delete(d.verdicts, k)
+		}
+	}
+	d.pruneAt = max(4096, 2*len(d.verdicts))
+}
+
+// InvalidateVerdicts removes from the kernel verdict cache, in one
+// transaction, every element whose source or destination changed reports,
+// and keeps the rest: the decider said their verdicts stand. If that
+// transaction fails (an element expired between the two looks), it
+// flushes the verdict sets instead, which is always safe.
+func (d *Dataplane) InvalidateVerdicts(ctx context.Context, changed func(netip.Addr) bool) error {
+	d.mu.Lock()
+	if !d.setUp {
+		d.mu.Unlock()
+		return errNotSetUp
+	}
+	now := d.now()
+	d.pruneVerdicts(now)
+	tx := d.nft.NewTransaction()
+	var gone []string
+	for k, m := range d.verdicts {
+		if changed(m.src) || changed(m.dst) {
+			tx.Delete(m.elem)
+			gone = append(gone, k)
+		}
+	}
+	if len(gone) == 0 {
+		d.mu.Unlock()
+		return nil
+	}
+	err := d.nft.Run(ctx, tx)
+	if err == nil {
+		for _, k := range gone {
+			delete(d.verdicts, k)
+		}
+		d.mu.Unlock()
+		return nil
+	}
+	d.mu.Unlock()
+	slog.Info("dataplane: precise verdict invalidation failed, flushing the verdict sets", "elements", len(gone), "err", err)
+	return d.FlushVerdicts(ctx)
 }
 
 // verdictElement returns the set element for v; ok is false when v's
@@ -232,5 +310,6 @@ func (d *Dataplane) FlushVerdicts(ctx context.Context) error {
 	if err := d.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("dataplane: flush verdict sets: %w", err)
 	}
+	clear(d.verdicts)
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -236,3 +237,55 @@ spec:
   policyTypes: [Egress]
   egress: [{}]
 `
+
+// selectsZC selects z/c only.
+const selectsZC = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-c, namespace: z}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  ingress: [{}]
+`
+
+// TestKernelCacheSurvivesUnrelatedChange: a new generation drops from the
+// kernel's verdict cache only the verdicts that involve an address whose
+// verdict inputs changed; a repeated allowed connection between unaffected
+// pods is still answered in the kernel, without a trip to userspace.
+func TestKernelCacheSurvivesUnrelatedChange(t *testing.T) {
+	n := newNode(t)
+	n.write("policy.yaml", policyYAML)
+	n.startDecider()
+	n.startQueuer(true)
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"c", "b", netsim.TCP, false, false})
+	sets := func() string {
+		out, err := netsim.Exec(n.node.Netns(), "nft", "list", "table", "inet", "tollgate")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	ab, cb := "10.99.1.1 . 10.99.1.2 . tcp . 80", "10.99.1.3 . 10.99.1.2 . tcp . 80"
+	n.eventually("both verdicts in the kernel", 5*time.Second, func() bool {
+		s := sets()
+		return strings.Contains(s, ab) && strings.Contains(s, cb)
+	})
+
+	// A policy that selects z/c: only verdicts involving 10.99.1.3 change.
+	n.write("only-c.yaml", selectsZC)
+	n.eventually("generation 2", 10*time.Second, func() bool { return n.metric("tollgate_decider_generation") >= 2 })
+	s := sets()
+	if !strings.Contains(s, ab) {
+		t.Errorf("the x/a -> y/b verdict left the kernel cache although neither pod changed:\n%s", s)
+	}
+	if strings.Contains(s, cb) {
+		t.Errorf("the z/c -> y/b verdict stayed in the kernel cache although z/c changed:\n%s", s)
+	}
+	before := n.queued()
+	n.check(probe{"a", "b", netsim.TCP, false, true})
+	if after := n.queued(); after != before {
+		t.Errorf("x/a -> y/b went to userspace (%d queued packets) after an unrelated change", after-before)
+	}
+	n.check(probe{"c", "b", netsim.TCP, false, false})
+}
