@@ -122,6 +122,7 @@ var cachedProtos = map[uint8]string{6: "tcp", 17: "udp", 132: "sctp"}
 // protocols without ports (anything but TCP, UDP and SCTP) are skipped.
 func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 	tx := d.nft.NewTransaction()
+	added := make([]mirrored, 0, len(vs))
 	for _, v := range vs {
 		e, ok, err := verdictElement(v)
 		if err != nil {
@@ -129,6 +130,7 @@ func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 		}
 		if ok {
 			tx.Add(e)
+			added = append(added, mirrored{src: v.Src.Unmap().WithZone(""), dst: v.Dst.Unmap().WithZone(""), elem: e})
 		}
 	}
 	if tx.NumOperations() == 0 {
@@ -148,14 +150,11 @@ func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 	// earlier than the kernel's.
 	now := d.now()
 	expires := now.Add(d.cfg.VerdictTTL / time.Second * time.Second)
-	for _, v := range vs {
-		e, ok, _ := verdictElement(v)
-		if !ok {
-			continue
-		}
-		k := mirrorKey(e)
+	for _, m := range added {
+		k := mirrorKey(m.elem)
 		if old, found := d.verdicts[k]; !found || !old.expires.After(now) {
-			d.verdicts[k] = mirrored{src: v.Src.Unmap().WithZone(""), dst: v.Dst.Unmap().WithZone(""), elem: e, expires: expires}
+			m.expires = expires
+			d.verdicts[k] = m
 		}
 	}
 	if len(d.verdicts) > d.pruneAt {
