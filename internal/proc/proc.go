@@ -125,3 +125,37 @@ func (p *Proc) Log() string {
 	}
 	return string(b)
 }
+
+// RunAsRoot runs a root-only test binary's tests: without root it prints a
+// SKIP line and returns 0, unless CI=true, where skipping is a failure.
+// suite names the tests in those messages. If binDir is not nil, the
+// decider and queuer are built first into a temporary directory whose path
+// is stored there, removed afterwards. It returns the exit code for
+// TestMain.
+func RunAsRoot(m *testing.M, suite string, binDir *string) int {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			fmt.Fprintf(os.Stderr, "%s need root, and CI=true forbids skipping them\n", suite)
+			return 1
+		}
+		fmt.Printf("SKIP: %s need root (network namespaces, nftables)\n", suite)
+		return 0
+	}
+	if binDir != nil {
+		dir, err := os.MkdirTemp("", "tollgate-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		for _, b := range []string{"decider", "queuer"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/tollgate/tollgate/"+b)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b, err, out)
+				return 1
+			}
+		}
+		*binDir = dir
+	}
+	return m.Run()
+}

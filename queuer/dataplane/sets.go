@@ -138,11 +138,8 @@ func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.setUp {
-		return errNotSetUp
-	}
-	if err := d.nft.Run(ctx, tx); err != nil {
-		return fmt.Errorf("dataplane: add %d verdicts: %w", tx.NumOperations(), err)
+	if err := d.runLocked(ctx, tx, "add verdicts"); err != nil {
+		return err
 	}
 	// Remember what the kernel holds until when. Adding an element that is
 	// already there does not renew its timeout, so a live entry keeps its
@@ -286,11 +283,17 @@ func (d *Dataplane) AddCuts(ctx context.Context, flows []Flow) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.runLocked(ctx, tx, "add cut flows")
+}
+
+// runLocked runs tx if the dataplane is set up; d.mu is held. what names
+// the change in the error.
+func (d *Dataplane) runLocked(ctx context.Context, tx *knftables.Transaction, what string) error {
 	if !d.setUp {
 		return errNotSetUp
 	}
 	if err := d.nft.Run(ctx, tx); err != nil {
-		return fmt.Errorf("dataplane: add %d cut flows: %w", tx.NumOperations(), err)
+		return fmt.Errorf("dataplane: %s (%d operations): %w", what, tx.NumOperations(), err)
 	}
 	return nil
 }

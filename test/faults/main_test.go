@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tollgate/tollgate/internal/proc"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/netsim"
 )
@@ -24,34 +25,7 @@ import (
 // binDir holds the decider and queuer binaries built for this run.
 var binDir string
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintln(os.Stderr, "fault tests need root, and CI=true forbids skipping them")
-			return 1
-		}
-		fmt.Println("SKIP: fault tests need root (network namespaces, nftables)")
-		return 0
-	}
-	dir, err := os.MkdirTemp("", "tollgate-faults-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	for _, b := range []string{"decider", "queuer"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/tollgate/tollgate/"+b)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build", b, err)
-			return 1
-		}
-	}
-	binDir = dir
-	return m.Run()
-}
+func TestMain(m *testing.M) { os.Exit(proc.RunAsRoot(m, "fault tests", &binDir)) }
 
 // bin is the path of a binary built by TestMain.
 func bin(name string) string { return filepath.Join(binDir, name) }

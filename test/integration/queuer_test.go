@@ -26,36 +26,7 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintln(os.Stderr, "integration tests need root, and CI=true forbids skipping them")
-			return 1
-		}
-		fmt.Println("SKIP: integration tests need root (network namespaces, nftables)")
-		return 0
-	}
-	dir, err := os.MkdirTemp("", "tollgate-it-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	for _, b := range []string{"decider", "queuer"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/tollgate/tollgate/"+b)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build", b, err)
-			return 1
-		}
-	}
-	binDir = dir
-	return m.Run()
-}
+func TestMain(m *testing.M) { os.Exit(proc.RunAsRoot(m, "integration tests", &binDir)) }
 
 const clusterYAML = `
 apiVersion: v1
