@@ -26,6 +26,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/mdlayher/netlink"
@@ -213,7 +214,16 @@ func open(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uin
 	r, err := openWith(ctx, fail, cfg, num, h, true)
 	if errors.Is(err, unix.EOPNOTSUPP) {
 		slog.Info("nfq: kernel cannot attach conntrack information to queued packets; service DNAT is inferred", "queue", num)
-		r, err = openWith(ctx, fail, cfg, num, h, false)
+		// The refused attempt had already bound the queue; the kernel lets
+		// it go when that socket is released, which can trail its Close.
+		// Until then a new bind gets EPERM, so retry for a while.
+		for attempt := 0; ; attempt++ {
+			r, err = openWith(ctx, fail, cfg, num, h, false)
+			if !errors.Is(err, unix.EPERM) || attempt == 50 || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	return r, err
 }

@@ -234,3 +234,27 @@ func TestRunFailsOnBusyQueue(t *testing.T) {
 		t.Errorf("first Run returned %v", err)
 	}
 }
+
+// TestRunStartsEveryTime: on a kernel that refuses conntrack information
+// the first bind of each queue is retried without it; the refused socket
+// can hold the queue a moment longer, which must not make Run fail.
+func TestRunStartsEveryTime(t *testing.T) {
+	ns := newNetns(t)
+	for i := range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- Run(ctx, Config{First: 400, Count: 2, NetNS: ns.fd}, func(Packet) Verdict { return Verdict{Accept: true} })
+		}()
+		select {
+		case err := <-done:
+			cancel()
+			t.Fatalf("start %d: Run returned %v before it was cancelled", i, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+	}
+}
