@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -21,7 +22,12 @@ import (
 // verdict in both snapshots, so a dataplane needs to re-examine only the
 // established connections that touch one of them.
 func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []netip.Addr {
-	d := differ{out: map[netip.Addr]struct{}{}}
+	out := map[netip.Addr]struct{}{}
+	add := func(ips ...netip.Addr) {
+		for _, ip := range ips {
+			out[ip] = struct{}{}
+		}
+	}
 
 	policies := map[PolicyRef]struct{}{}
 	changedPolicies(prevIn.NetworkPolicies, nextIn.NetworkPolicies, KindNetworkPolicy,
@@ -32,56 +38,34 @@ func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []ne
 		func(p *v1alpha1.BaselineAdminNetworkPolicy) any { return &p.Spec }, policies)
 	changedPolicies(prevIn.ClusterNetworkPolicies, nextIn.ClusterNetworkPolicies, KindClusterNetworkPolicy,
 		func(p *v1alpha2.ClusterNetworkPolicy) any { return &p.Spec }, policies)
-	if len(policies) > 0 {
-		for _, s := range []*Snapshot{prev, next} {
-			for _, p := range s.pods {
-				if p.governedBy(policies) {
-					d.add(p.ips...)
-				}
-			}
-		}
-	}
-
 	namespaces := map[string]struct{}{}
 	diffByName(prevIn.Namespaces, nextIn.Namespaces, func(a, b *corev1.Namespace) bool {
 		return equality.Semantic.DeepEqual(a.Labels, b.Labels)
 	}, func(ns *corev1.Namespace) { namespaces[ns.Name] = struct{}{} })
-	if len(namespaces) > 0 {
+	// Pods a changed policy selects, or in a relabelled namespace, before
+	// or after the change.
+	if len(policies) > 0 || len(namespaces) > 0 {
 		for _, s := range []*Snapshot{prev, next} {
 			for _, p := range s.pods {
-				if _, ok := namespaces[p.ns.name]; ok {
-					d.add(p.ips...)
+				if _, ok := namespaces[p.ns.name]; ok || p.governedBy(policies) {
+					add(p.ips...)
 				}
 			}
 		}
 	}
 
-	diffByName(prevIn.Pods, nextIn.Pods, samePod, func(p *corev1.Pod) { d.add(podIPs(p)...) })
+	diffByName(prevIn.Pods, nextIn.Pods, samePod, func(p *corev1.Pod) { add(podIPs(p)...) })
 	diffByName(prevIn.Nodes, nextIn.Nodes, func(a, b *corev1.Node) bool {
 		return equality.Semantic.DeepEqual(a.Labels, b.Labels) &&
 			equality.Semantic.DeepEqual(a.Status.Addresses, b.Status.Addresses)
 	}, func(n *corev1.Node) {
 		for _, a := range n.Status.Addresses {
 			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				d.add(ip.Unmap())
+				add(ip.Unmap())
 			}
 		}
 	})
-
-	out := make([]netip.Addr, 0, len(d.out))
-	for ip := range d.out {
-		out = append(out, ip)
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out
-}
-
-type differ struct{ out map[netip.Addr]struct{} }
-
-func (d *differ) add(ips ...netip.Addr) {
-	for _, ip := range ips {
-		d.out[ip] = struct{}{}
-	}
+	return slices.SortedFunc(maps.Keys(out), netip.Addr.Compare)
 }
 
 // governedBy reports whether one of refs is among the policies that select p.

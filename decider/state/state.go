@@ -100,8 +100,11 @@ func (s *State) Publish(in engine.Input) *View {
 // or all=true when State cannot tell: from is 0 (nothing seen yet), too
 // old, or the union would be too large to be worth listing.
 func (s *State) ChangedBetween(from, to uint64) (ips []netip.Addr, all bool) {
-	if from == 0 || from >= to || to-from >= historySize {
-		return nil, from == 0 || from > to || to-from >= historySize
+	switch {
+	case from == 0 || from > to || to-from >= historySize:
+		return nil, true
+	case from == to:
+		return nil, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -29,10 +29,7 @@ func TestDeciderKilledUnderLoad(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			n.write("policy.yaml", policyYAML)
-			n.startDecider()
-			n.startQueuer(failOpen)
-			n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+			n.start(policyYAML, failOpen)
 			n.check(probe{"a", "b", netsim.TCP, true, true}, probe{"c", "b", netsim.TCP, false, false})
 			counted := func() float64 {
 				return n.metric("tollgate_fail_mode_verdicts_total") + n.metric("tollgate_queue_bypassed_total")
@@ -158,10 +155,7 @@ spec:
 // decider being healthy the allowed-then-denied connection is refused.
 func TestDeciderRestartedWithOtherPolicies(t *testing.T) {
 	n := newNode(t)
-	n.write("policy.yaml", policyYAML)
-	n.startDecider()
-	n.startQueuer(true)
-	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.start(policyYAML, true)
 	// a -> b:80 is allowed and, after the first connection, cached in the
 	// kernel at generation 1.
 	n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"a", "b", netsim.TCP, false, true})

@@ -132,6 +132,16 @@ func (n *node) startDecider() {
 	})
 }
 
+// start writes policy.yaml, starts the decider and the queuer (extra are
+// queuer flags) and waits until the queuer has y/b in its selected set.
+func (n *node) start(policy string, failOpen bool, extra ...string) {
+	n.t.Helper()
+	n.write("policy.yaml", policy)
+	n.startDecider()
+	n.startQueuer(failOpen, extra...)
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+}
+
 func (n *node) startQueuer(failOpen bool, extra ...string) {
 	n.t.Helper()
 	args := append([]string{"netns", "exec", n.node.Netns(), filepath.Join(binDir, "queuer"),
@@ -283,10 +293,7 @@ func TestFailModesWithDeciderDown(t *testing.T) {
 	for _, failOpen := range []bool{true, false} {
 		t.Run(fmt.Sprintf("fail-open=%v", failOpen), func(t *testing.T) {
 			n := newNode(t)
-			n.write("policy.yaml", policyYAML)
-			n.startDecider()
-			n.startQueuer(failOpen)
-			n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+			n.start(policyYAML, failOpen)
 			n.decider.Stop()
 			// New tuples of the selected pod get the fail mode; pods no
 			// policy selects are untouched either way.
@@ -338,10 +345,7 @@ func TestFailModesWithDeciderDown(t *testing.T) {
 // the queuer exits, so the selected pod stays protected.
 func TestFailClosedSurvivesQueuerExit(t *testing.T) {
 	n := newNode(t)
-	n.write("policy.yaml", policyYAML)
-	n.startDecider()
-	n.startQueuer(false)
-	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.start(policyYAML, false)
 	n.queuer.Stop()
 	n.check(probe{"c", "b", netsim.TCP, false, false}, probe{"a", "c", netsim.TCP, false, true})
 	if _, err := netsim.Exec(n.node.Netns(), "nft", "list", "table", "inet", "tollgate"); err != nil {
@@ -354,10 +358,7 @@ func TestFailClosedSurvivesQueuerExit(t *testing.T) {
 // never gets through, and allowed connections work again after the restart.
 func TestFailClosedQueuerKilledAndRestarted(t *testing.T) {
 	n := newNode(t)
-	n.write("policy.yaml", policyYAML)
-	n.startDecider()
-	n.startQueuer(false)
-	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	n.start(policyYAML, false)
 	n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"c", "b", netsim.TCP, false, false})
 
 	var leaked atomic.Int64
