@@ -10,12 +10,16 @@ FUZZTIME     ?= 2m
 fuzz-short: ## Run every fuzz target for a few seconds (part of make test).
 	@set -eo pipefail; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} (./$${t%%:*}) for 5s"; \
-		go test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime 5s -fuzzminimizetime 1x ./$${t%%:*}/ | tail -1; \
+		out=$$(go test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime 5s -fuzzminimizetime 1x ./$${t%%:*}/ 2>&1) || \
+			{ echo "$$out" | grep -v '^fuzz: elapsed' | tail -60; exit 1; }; \
+		echo "$$out" | tail -1; \
 	done
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 2m) each.
 	@set -eo pipefail; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} (./$${t%%:*}) for $(FUZZTIME)"; \
-		go test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./$${t%%:*}/ | tail -1; \
+		out=$$(go test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./$${t%%:*}/ 2>&1) || \
+			{ echo "$$out" | grep -v '^fuzz: elapsed' | tail -60; exit 1; }; \
+		echo "$$out" | tail -1; \
 	done
