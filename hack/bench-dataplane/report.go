@@ -17,10 +17,14 @@ type key struct {
 // table indexes cells.
 type table map[key]cell
 
+// index keys the cells, leaving out those that ran out of fresh ports
+// (their connections were not all new).
 func index(cells []cell) table {
 	t := table{}
 	for _, c := range cells {
-		t[key{c.Policies, c.Round, c.Variant, c.Workload, c.Shape}] = c
+		if !c.Exhausted {
+			t[key{c.Policies, c.Round, c.Variant, c.Workload, c.Shape}] = c
+		}
 	}
 	return t
 }
@@ -85,6 +89,9 @@ func markdown(cfg config, m *bench.Machine, res results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Command: `make bench-dataplane` (`%s`). %s\n\n", commandLine(cfg), m.Markdown())
 	fmt.Fprintf(&b, "Busy CPU of the whole machine during the timed runs: %s (median, range).\n\n", busy(res.Cells))
+	if n := exhausted(res.Cells); n > 0 {
+		fmt.Fprintf(&b, "%d timed runs ran out of fresh ports for the new-tuple workload and are left out.\n\n", n)
+	}
 	writeChecks(&b, cfg, res)
 	for _, p := range cfg.policies {
 		fmt.Fprintf(&b, "#### %d NetworkPolicies\n\n", p)
@@ -119,6 +126,17 @@ func markdown(cfg config, m *bench.Machine, res results) string {
 		fmt.Fprintf(&b, "Profiles taken in this run (files on the machine that ran it):\n\n```\n%s```\n", res.Profile)
 	}
 	return b.String()
+}
+
+// exhausted counts the cells that ran out of fresh ports.
+func exhausted(cells []cell) int {
+	n := 0
+	for _, c := range cells {
+		if c.Exhausted {
+			n++
+		}
+	}
+	return n
 }
 
 // busy summarises the machine's busy fraction over all cells.

@@ -289,8 +289,9 @@ type loadResult struct {
 }
 
 // load opens connections on node n from sh.clients client pods, sh.conns
-// at a time each, for d. The shape's client c sends connection slot w to
-// server (c+w) mod nServers.
+// at a time each, for d. Each connection slot goes round the servers (the
+// shape's client c's slot w starts at server c+w), so that a client has
+// four servers' worth of fresh ports.
 func (e *env) load(ctx context.Context, n *node, wl string, sh shape, d time.Duration) loadResult {
 	type workerResult struct {
 		conns, fails int
@@ -309,9 +310,9 @@ func (e *env) load(ctx context.Context, n *node, wl string, sh shape, d time.Dur
 			_ = bench.InNamespace(cli.NS, sh.conns, func(w int) error {
 				r := &all[c][w]
 				r.reasons = map[string]int{}
-				s := (c + w) % len(n.servers)
-				srv := n.servers[s].IPv4
-				for time.Now().Before(deadline) && ctx.Err() == nil {
+				for i := c + w; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+					s := i % len(n.servers)
+					srv := n.servers[s].IPv4
 					port := uint16(servePort)
 					if wl == fresh {
 						if port = n.nextPort(sh.first+c, s); port == 0 {

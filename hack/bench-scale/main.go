@@ -41,7 +41,7 @@ type config struct {
 	changeTimeout           time.Duration
 	settle                  time.Duration
 	doc, out, cache         string
-	smoke                   bool
+	smoke, profile          bool
 }
 
 var allEnforcers = []string{"tollgate", "knp-standard"}
@@ -62,6 +62,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.settle, "settle", 10*time.Second, "wait after an enforcer is ready before reading its memory")
 	fs.StringVar(&c.doc, "doc", "", "markdown file whose bench-scale section to regenerate (e.g. docs/performance.md)")
 	fs.StringVar(&c.out, "out", "", "directory for raw results and logs (default $CACHE/bench-scale)")
+	fs.BoolVar(&c.profile, "profile", false, "build the decider with pprof and save its heap profile (after a forced GC) at each size")
 	fs.BoolVar(&c.smoke, "smoke", false, "tiny sizes, one round: checks that the benchmark still runs, measures nothing")
 	if err := fs.Parse(args); err != nil {
 		return c, err

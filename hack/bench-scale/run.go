@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -46,6 +49,8 @@ type env struct {
 	c, x, s  *netsim.Pod
 	pods     int // pods created so far
 	loadTime []loadStep
+	// out receives heap profiles.
+	out string
 }
 
 // loadStep is how long creating a batch of objects took.
@@ -71,6 +76,11 @@ type change struct {
 	Flaps int
 	// Missed is set when the verdict did not change within the timeout.
 	Missed bool `json:",omitempty"`
+	// Compile is, for Tollgate, the time the decider spent building
+	// snapshots between the change and its enforcement (from its
+	// tollgate_decider_snapshot_build_seconds), and Compiles how many.
+	Compile  time.Duration `json:",omitempty"`
+	Compiles int           `json:",omitempty"`
 }
 
 // memory is one process's memory with the cluster loaded.
@@ -79,6 +89,13 @@ type memory struct {
 	Pods, Policies    int
 	// RSS now and at its peak, Go heap in use (from its metrics), bytes.
 	RSS, HWM, HeapInuse int64
+	// HeapAfterGC is the heap in use after a forced collection (the live
+	// heap, with --profile); Profile the heap profile's top functions.
+	HeapAfterGC int64  `json:",omitempty"`
+	Profile     string `json:",omitempty"`
+	// RSSLater is the RSS again after the round of changes that followed
+	// (the Go runtime returns freed memory to the system over minutes).
+	RSSLater int64 `json:",omitempty"`
 	// Ready is how long the enforcer took to start on these objects.
 	Ready time.Duration
 }
@@ -94,14 +111,14 @@ type results struct {
 
 func run(ctx context.Context, cfg config) (err error) {
 	sess, err := bench.StartSession(ctx, bench.SessionOptions{
-		Name: "bench-scale", Out: cfg.out, Cache: cfg.cache, KNP: slices.Contains(cfg.enforcers, "knp-standard"),
+		Name: "bench-scale", Out: cfg.out, Cache: cfg.cache, KNP: slices.Contains(cfg.enforcers, "knp-standard"), Profile: cfg.profile,
 		TopologyPrefix: "tgbsc",
 	})
 	defer sess.Close(&err)
 	if err != nil {
 		return err
 	}
-	e := &env{cfg: cfg, cluster: sess.Cluster, loader: sess.Loader, topo: sess.Topo, bins: sess.Bins}
+	e := &env{cfg: cfg, cluster: sess.Cluster, loader: sess.Loader, topo: sess.Topo, bins: sess.Bins, out: sess.Out}
 	defer func() {
 		if e.fwd != nil {
 			e.fwd.Close()
@@ -350,8 +367,15 @@ func (e *env) enforcer(name string) bench.Enforcer {
 	if name == "knp-standard" {
 		return &bench.KNP{Node: e.node, Command: "standard", Bin: e.bins.KNPStandard, SyncTimeout: 10 * time.Minute}
 	}
-	return &bench.Tollgate{Node: e.node, Bin: e.bins, SyncTimeout: 10 * time.Minute}
+	t := &bench.Tollgate{Node: e.node, Bin: e.bins, SyncTimeout: 10 * time.Minute}
+	if e.cfg.profile {
+		t.DeciderPprof = deciderPprof
+	}
+	return t
 }
+
+// deciderPprof is the decider's pprof address in profiling builds.
+const deciderPprof = "127.0.0.1:6062"
 
 // slot starts one enforcer, checks its verdicts, reads its memory (the
 // first time), and measures one cycle of changes.
@@ -386,16 +410,35 @@ func (e *env) slot(ctx context.Context, name string, round int, measureMemory bo
 	defer prober.Close()
 	var chs []change
 	allowed := true
+	builds := func() (float64, float64) { return 0, 0 }
+	if t, ok := enf.(*bench.Tollgate); ok {
+		builds = func() (float64, float64) {
+			text, err := bench.Scrape("", t.DeciderMetrics)
+			if err != nil {
+				return 0, 0
+			}
+			sum, _ := bench.MetricValue(text, "tollgate_decider_snapshot_build_seconds_sum")
+			n, _ := bench.MetricValue(text, "tollgate_decider_snapshot_build_seconds_count")
+			return sum, n
+		}
+	}
 	for _, st := range e.cycle() {
-		ch, err := e.measureChange(ctx, prober, st, allowed)
+		ch, err := e.measureChange(ctx, prober, st, allowed, builds)
 		if err != nil {
 			return nil, nil, "", err
 		}
 		ch.Enforcer, ch.Round = name, round
-		fmt.Printf("    %-18s → %-7s %8.1f ms (API %5.1f ms, flaps %d)%s\n", ch.Kind, verdictWord(ch.Allowed),
-			bench.Millis(ch.Latency), bench.Millis(ch.API), ch.Flaps, map[bool]string{true: "  NOT ENFORCED", false: ""}[ch.Missed])
+		fmt.Printf("    %-18s → %-7s %8.1f ms (API %5.1f ms, flaps %d, compiles %d: %.1f ms)%s\n", ch.Kind, verdictWord(ch.Allowed),
+			bench.Millis(ch.Latency), bench.Millis(ch.API), ch.Flaps, ch.Compiles, bench.Millis(ch.Compile),
+			map[bool]string{true: "  NOT ENFORCED", false: ""}[ch.Missed])
 		chs = append(chs, ch)
 		allowed = st.allowed
+	}
+	pids := enf.Pids()
+	for i := range mem {
+		if st, err := bench.ReadProcStat(pids[mem[i].Process]); err == nil {
+			mem[i].RSSLater = st.RSS
+		}
 	}
 	return chs, mem, chk, nil
 }
@@ -451,11 +494,41 @@ func (e *env) readMemory(ctx context.Context, name string, enf bench.Enforcer, r
 				m.HeapInuse = int64(v)
 			}
 		}
+		if proc == "decider" && e.cfg.profile {
+			if err := e.heapProfile(ctx, enf.(*bench.Tollgate), &m); err != nil {
+				return nil, err
+			}
+		}
 		fmt.Printf("    %s %s: RSS %.0f MB (peak %.0f MB), heap in use %.0f MB, ready after %s\n", name, proc,
 			float64(m.RSS)/1e6, float64(m.HWM)/1e6, float64(m.HeapInuse)/1e6, ready.Round(time.Millisecond))
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// heapProfile forces a collection in the decider, reads its heap in use
+// again and saves its heap profile and the profile's top functions.
+func (e *env) heapProfile(ctx context.Context, t *bench.Tollgate, m *memory) error {
+	body, err := bench.HTTPGet("", deciderPprof, "/debug/pprof/heap?gc=1", time.Minute)
+	if err != nil {
+		return fmt.Errorf("decider heap profile: %w", err)
+	}
+	if text, err := bench.Scrape("", t.DeciderMetrics); err == nil {
+		if v, ok := bench.MetricValue(text, "go_memstats_heap_inuse_bytes"); ok {
+			m.HeapAfterGC = int64(v)
+		}
+	}
+	file := filepath.Join(e.out, fmt.Sprintf("heap-decider-%dpods-%s.pb.gz", m.Pods, time.Now().Format("20060102-150405")))
+	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+		return err
+	}
+	top, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=25", e.bins.Decider, file).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pprof: %w\n%s", err, top)
+	}
+	txt := strings.TrimSuffix(file, ".pb.gz") + ".txt"
+	m.Profile = txt
+	return os.WriteFile(txt, top, 0o644)
 }
 
 // checkVerdicts probes the client (allowed), the blocked client (denied)
@@ -512,7 +585,9 @@ func verdictWord(allowed bool) string {
 
 // measureChange waits until the probe steadily shows before, applies the
 // change and finds the first probe connection governed by the new verdict.
-func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep, before bool) (change, error) {
+// builds reads the decider's snapshot build time and count so far (zeros
+// for other enforcers).
+func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep, before bool, builds func() (float64, float64)) (change, error) {
 	ch := change{Kind: st.kind, Allowed: st.allowed}
 	steadyN := int(200 * time.Millisecond / e.cfg.interval)
 	steadyFrom := time.Now()
@@ -523,6 +598,7 @@ func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep,
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	sum0, n0 := builds()
 	t0 := time.Now()
 	if err := st.apply(ctx); err != nil {
 		return ch, fmt.Errorf("%s: %w", st.kind, err)
@@ -548,5 +624,7 @@ func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep,
 	_, flaps, _ := bench.Governed(p.Since(t0), t0, first.Start.Add(time.Second), st.allowed)
 	ch.Latency = first.Start.Sub(t1)
 	ch.Flaps = flaps
+	sum1, n1 := builds()
+	ch.Compile, ch.Compiles = time.Duration((sum1-sum0)*float64(time.Second)), int(n1-n0)
 	return ch, nil
 }
