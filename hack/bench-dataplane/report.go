@@ -87,7 +87,11 @@ func cpuPerConn(c cell, k key) (float64, bool) {
 func markdown(cfg config, m *bench.Machine, res results) string {
 	t := index(res.Cells)
 	var b strings.Builder
-	fmt.Fprintf(&b, "Command: `make bench-dataplane` (`%s`). %s\n\n", commandLine(cfg), m.Markdown())
+	target := "make bench-dataplane"
+	if cfg.profile {
+		target += " BENCH_FLAGS=--profile"
+	}
+	fmt.Fprintf(&b, "Command: `%s` (`%s`). %s\n\n", target, commandLine(cfg), m.Markdown())
 	fmt.Fprintf(&b, "Busy CPU of the whole machine during the timed runs: %s (median, range).\n\n", busy(res.Cells))
 	if n := exhausted(res.Cells); n > 0 {
 		fmt.Fprintf(&b, "%d timed runs ran out of fresh ports for the new-tuple workload and are left out.\n\n", n)

@@ -430,6 +430,10 @@ func commandLine(cfg config) string {
 	for _, p := range cfg.policies {
 		pols = append(pols, fmt.Sprint(p))
 	}
-	return fmt.Sprintf("bench-dataplane --rounds %d --duration %s --warmup %s --policies %s --shapes %s --bg-pods %d --variants %s",
+	line := fmt.Sprintf("bench-dataplane --rounds %d --duration %s --warmup %s --policies %s --shapes %s --bg-pods %d --variants %s",
 		cfg.rounds, cfg.duration, cfg.warmup, strings.Join(pols, ","), strings.Join(shapes, ","), cfg.bgPods, strings.Join(cfg.variants, ","))
+	if cfg.profile {
+		line += " --profile"
+	}
+	return line
 }

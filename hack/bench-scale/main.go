@@ -69,6 +69,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.smoke {
 		c.pods, c.bigPods, c.policies, c.namespaces, c.nodePods, c.rounds, c.settle = 200, 300, 100, 10, 10, 1, 0
+		// Generous, so that a loaded machine does not turn a slow
+		// allowed connection into a "denied" one.
+		c.timeout = 700 * time.Millisecond
 	}
 	for _, e := range strings.Split(*enforcers, ",") {
 		e = strings.TrimSpace(e)
@@ -102,6 +105,10 @@ func commandLine(cfg config) string {
 	if cfg.smoke {
 		return "bench-scale --smoke"
 	}
-	return fmt.Sprintf("bench-scale --pods %d --big-pods %d --policies %d --namespaces %d --node-pods %d --rounds %d --probe-interval %s --probe-timeout %s --enforcers %s",
+	line := fmt.Sprintf("bench-scale --pods %d --big-pods %d --policies %d --namespaces %d --node-pods %d --rounds %d --probe-interval %s --probe-timeout %s --enforcers %s",
 		cfg.pods, cfg.bigPods, cfg.policies, cfg.namespaces, cfg.nodePods, cfg.rounds, cfg.interval, cfg.timeout, strings.Join(cfg.enforcers, ","))
+	if cfg.profile {
+		line += " --profile"
+	}
+	return line
 }

@@ -12,7 +12,11 @@ import (
 // markdown renders the run as the generated section of docs/performance.md.
 func markdown(cfg config, m *bench.Machine, res results) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Command: `make bench-scale` (`%s`). %s\n\n", commandLine(cfg), m.Markdown())
+	target := "make bench-scale"
+	if cfg.profile {
+		target += " BENCH_FLAGS=--profile"
+	}
+	fmt.Fprintf(&b, "Command: `%s` (`%s`). %s\n\n", target, commandLine(cfg), m.Markdown())
 	b.WriteString("Objects loaded through the apiserver (pods: create, then a status update as a kubelet's):")
 	for _, l := range res.Load {
 		fmt.Fprintf(&b, " %d %s in %s (%.0f/s);", l.N, l.What, l.Took.Round(time.Second), float64(l.N)/l.Took.Seconds())
