@@ -111,7 +111,7 @@ func (f *flowCutter) Run(ctx context.Context) {
 			changed = nil // every flow of a selected pod
 		}
 		start := time.Now()
-		n, err := f.cutter.Cut(ctx, selected, changed, f.decide)
+		n, err := f.cutter.Cut(ctx, conntrack.Request{Selected: selected, Changed: changed}, f.decide)
 		if err != nil {
 			slog.Warn("cutting denied flows failed", "err", err)
 		}
