@@ -212,3 +212,36 @@ func runCommand(cmd *exec.Cmd) error {
 	}
 	return fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
 }
+
+// checkXT lists what is missing of the rules installXT makes.
+func checkXT(ctx context.Context, ipt IPTables, cfg Config) ([]string, error) {
+	var problems []string
+	for _, v6 := range []bool{false, true} {
+		bin := "iptables"
+		if v6 {
+			bin = "ip6tables"
+		}
+		err := ipt.Run(ctx, v6, "-w", "-t", xtTable, "-S", XTChain)
+		if isNotExist(err) {
+			problems = append(problems, fmt.Sprintf("%s -t %s chain %s is missing", bin, xtTable, XTChain))
+			continue // and so are the jumps to it
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up chain %s (ipv6=%t): %w", XTChain, v6, err)
+		}
+		rules := [][]string{append([]string{XTChain}, xtQueueRule(cfg)...)}
+		for _, hook := range xtHooks {
+			rules = append(rules, []string{hook, "-j", XTChain})
+		}
+		for _, r := range rules {
+			ok, err := ruleExists(ctx, ipt, v6, r)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				problems = append(problems, fmt.Sprintf("%s -t %s rule %q is missing", bin, xtTable, strings.Join(r, " ")))
+			}
+		}
+	}
+	return problems, nil
+}

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -202,7 +203,8 @@ func TestKernelSetupSyncShutdown(t *testing.T) {
 		t.Errorf("fail-closed Shutdown changed iptables:\n%s", got)
 	}
 
-	// A fail-open run adopts the table, then removes everything on Shutdown.
+	// A fail-open run adopts the table; Shutdown keeps it, Remove (the
+	// cleanup command) takes everything away.
 	d2, err := New(Config{QueueMode: "auto", FirstQueue: 100, QueueCount: 2, FailOpen: true})
 	if err != nil {
 		t.Fatalf("New fail-open: %v", err)
@@ -216,14 +218,26 @@ func TestKernelSetupSyncShutdown(t *testing.T) {
 	if err := d2.Shutdown(ctx); err != nil {
 		t.Fatalf("fail-open Shutdown: %v", err)
 	}
+	if out := e.mustIn(e.name, "nft", "list", "table", "inet", TableName); !strings.Contains(out, "10.1.0.2") {
+		t.Errorf("fail-open Shutdown lost the table or its selected pods:\n%s", out)
+	}
+	if err := d2.Check(ctx); err != nil {
+		t.Errorf("Check after Shutdown: %v", err)
+	}
+	if err := d2.Remove(ctx); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
 	if out, err := e.in(e.name, "nft", "list", "table", "inet", TableName); err == nil {
-		t.Errorf("fail-open Shutdown left the table:\n%s", out)
+		t.Errorf("Remove left the table:\n%s", out)
 	}
 	if got := e.mustIn(e.name, "iptables-nft-save", "-t", "mangle"); strings.Contains(got, "TOLLGATE") {
-		t.Errorf("fail-open Shutdown left iptables rules:\n%s", got)
+		t.Errorf("Remove left iptables rules:\n%s", got)
 	}
 	if got := e.mustIn(e.name, "ip6tables-nft-save", "-t", "mangle"); strings.Contains(got, "TOLLGATE") {
-		t.Errorf("fail-open Shutdown left ip6tables rules:\n%s", got)
+		t.Errorf("Remove left ip6tables rules:\n%s", got)
+	}
+	if err := d2.Check(ctx); !errors.Is(err, ErrDamaged) {
+		t.Errorf("Check after Remove = %v, want ErrDamaged", err)
 	}
 }
 
