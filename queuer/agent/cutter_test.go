@@ -5,7 +5,9 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/dataplane"
@@ -154,5 +156,50 @@ func TestCutNewlySelected(t *testing.T) {
 	}
 	if table.flows[0].Mark&dataplane.CtMarkJudged == 0 {
 		t.Error("the allowed flow of a newly selected pod was not marked")
+	}
+}
+
+// closingTable fails the test if it is used after Close.
+type closingTable struct {
+	fakeTable
+	closed  atomic.Bool
+	walking chan struct{}
+	t       *testing.T
+}
+
+func (c *closingTable) Walk(ctx context.Context, f conntrack.Filter, fn func(conntrack.Flow) error) error {
+	if c.closed.Load() {
+		c.t.Error("the conntrack table was used after it was closed")
+	}
+	close(c.walking)
+	<-ctx.Done() // a long walk, still running at shutdown
+	time.Sleep(50 * time.Millisecond)
+	if c.closed.Load() {
+		c.t.Error("the conntrack table was closed while a walk was running")
+	}
+	return ctx.Err()
+}
+
+// TestRunStopsCutterBeforeReturning: Run returns only once the flow cutter
+// has stopped, so that the caller can close the conntrack socket after it
+// (the queuer used to close it first).
+func TestRunStopsCutterBeforeReturning(t *testing.T) {
+	dec := &fakeDecider{allow: true, gen: 1}
+	table := &closingTable{walking: make(chan struct{}), t: t}
+	a := newTestAgent(t, dec, Config{CutEstablished: true}, table)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		a.Run(ctx)
+		table.closed.Store(true) // what main does once Run returned
+		close(done)
+	}()
+	a.cutter.trigger([]netip.Addr{netip.MustParseAddr("10.0.0.1")}, nil)
+	<-table.walking
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended")
 	}
 }
