@@ -4,6 +4,7 @@
 //
 //	decider [--kubeconfig PATH | --manifests DIR] [--socket PATH] [--node-name NAME]
 //	decider healthcheck [--socket PATH]
+//	decider explain --help
 package main
 
 import (
@@ -31,6 +32,7 @@ import (
 
 	"github.com/tollgate/tollgate/decider/api"
 	"github.com/tollgate/tollgate/decider/engine"
+	"github.com/tollgate/tollgate/decider/explain"
 	"github.com/tollgate/tollgate/decider/source"
 	"github.com/tollgate/tollgate/decider/state"
 	"github.com/tollgate/tollgate/internal/version"
@@ -41,6 +43,12 @@ const defaultSocket = "/run/tollgate/decider.sock"
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(healthcheck(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "explain" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := explain.Main(ctx, os.Args[2:], os.Stdin, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "decider:", err)
