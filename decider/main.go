@@ -59,6 +59,7 @@ func main() {
 type config struct {
 	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
 	settle, crdCheck                                               time.Duration
+	maxPolicySeries                                                int
 	printVersion                                                   bool
 }
 
@@ -72,6 +73,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
 	fs.DurationVar(&c.crdCheck, "crd-check-interval", source.DefaultCRDCheckInterval, "how often to ask discovery which network-policy-api kinds are served")
+	fs.IntVar(&c.maxPolicySeries, "metrics-max-policies", api.DefaultMaxPolicySeries,
+		"how many policies get their own series in the per-policy metrics; the verdicts and warnings of the others add up under policy=\""+api.OtherPolicy+"\"")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -120,7 +123,7 @@ func run(args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := api.NewMetrics(reg)
+	metrics := api.NewMetrics(reg, cfg.maxPolicySeries)
 	st := state.New()
 	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics, Instance: newInstance()})
 
@@ -154,7 +157,7 @@ func run(args []string) error {
 				log.Warn("policy warning", "msg", w)
 			}
 		}
-		metrics.Published(v.Generation, v.CompileTime, stats)
+		metrics.Published(v)
 		if v.Generation == 1 {
 			srv.MarkServing()
 		}

@@ -102,7 +102,8 @@ func (s *Server) Decide(ctx context.Context, req *tollgatev1.DecideRequest) (*to
 		s.opts.Metrics.request("Decide", "unavailable")
 		return nil, status.Error(codes.Unavailable, "the decider has not synced its sources yet")
 	}
-	d := v.Snapshot.Decide(t)
+	d, ids := v.Snapshot.DecideIDs(t)
+	s.opts.Metrics.decided(v.Snapshot, &d, &ids)
 	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation}
 	if d.SamePod {
 		ref, _ := v.Snapshot.PodAt(t.Src)
@@ -146,7 +147,9 @@ func (s *Server) DecideStream(stream tollgatev1.DeciderService_DecideStreamServe
 			case v == nil:
 				r.Error = "no snapshot yet"
 			default:
-				r.Verdict = verdict(v.Snapshot.Decide(t).Allowed)
+				d, ids := v.Snapshot.DecideIDs(t)
+				s.opts.Metrics.decided(v.Snapshot, &d, &ids)
+				r.Verdict = verdict(d.Allowed)
 				r.Generation = v.Generation
 			}
 			resp.Results = append(resp.Results, r)

@@ -7,7 +7,7 @@ package engine
 func (s *Snapshot) Decide(t Tuple) Decision { return s.decide(t, nil) }
 
 // PolicyIDs numbers the policies behind a Decision within its snapshot:
-// Snapshot.Policies()[id-1] is the policy; 0 means none. Ids are local to
+// Snapshot.Policies()[id-1] names the policy; 0 means none. Ids are local to
 // one snapshot; callers that keep something per policy (metrics) index by
 // them instead of hashing names.
 type PolicyIDs struct {

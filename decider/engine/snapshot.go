@@ -12,7 +12,7 @@ type Snapshot struct {
 	podByIP    map[netip.Addr]*pod
 	nodesByIP  map[netip.Addr][]*node
 	namespaces []*namespace
-	policies   []PolicyRef // by id - 1; see numberPolicies
+	policies   []PolicyInfo // by id - 1; see numberPolicies
 	warnings   []string
 	stats      Stats
 }

@@ -149,47 +149,53 @@ func (w *walk) defaultStep() {
 	}
 }
 
+// PolicyInfo names a policy and the tier it is evaluated in.
+type PolicyInfo struct {
+	Ref  PolicyRef
+	Tier Tier
+}
+
 // Policies lists the policies that select at least one pod, ordered by
-// kind, namespace and name. Explanation.PolicyID n names Policies()[n-1].
-func (s *Snapshot) Policies() []PolicyRef { return slices.Clone(s.policies) }
+// kind, namespace and name. The ids of DecideIDs index it: id n names
+// Policies()[n-1].
+func (s *Snapshot) Policies() []PolicyInfo { return slices.Clone(s.policies) }
 
 // numberPolicies gives every policy attached to a pod its id (see
-// Explanation.PolicyID). Ids follow the order of kind, namespace and name,
-// so that the same policies get the same ids whatever the input order.
+// PolicyIDs). Ids follow the order of kind, namespace and name, so that the
+// same policies get the same ids whatever the input order.
 func (s *Snapshot) numberPolicies() {
-	cluster := map[*clusterPolicy]bool{}
-	nets := map[*netPolicy]bool{}
+	type numbered struct {
+		info PolicyInfo
+		id   *uint32
+	}
+	seen := map[*uint32]bool{}
+	var all []numbered
+	add := func(info PolicyInfo, id *uint32) {
+		if !seen[id] {
+			seen[id] = true
+			all = append(all, numbered{info, id})
+		}
+	}
 	for _, pd := range s.pods {
 		for d := range 2 {
 			for _, p := range pd.admin[d] {
-				cluster[p] = true
+				add(PolicyInfo{p.ref, p.tier}, &p.id)
 			}
 			for _, p := range pd.baseline[d] {
-				cluster[p] = true
+				add(PolicyInfo{p.ref, p.tier}, &p.id)
 			}
 			for _, p := range pd.np[d] {
-				nets[p] = true
+				add(PolicyInfo{p.ref, TierNetworkPolicy}, &p.id)
 			}
 		}
 	}
-	type numbered struct {
-		ref PolicyRef
-		id  *uint32
-	}
-	all := make([]numbered, 0, len(cluster)+len(nets))
-	for p := range cluster {
-		all = append(all, numbered{p.ref, &p.id})
-	}
-	for p := range nets {
-		all = append(all, numbered{p.ref, &p.id})
-	}
 	slices.SortFunc(all, func(a, b numbered) int {
-		return cmp.Or(strings.Compare(a.ref.Kind, b.ref.Kind), strings.Compare(a.ref.Namespace, b.ref.Namespace),
-			strings.Compare(a.ref.Name, b.ref.Name))
+		return cmp.Or(strings.Compare(a.info.Ref.Kind, b.info.Ref.Kind), strings.Compare(a.info.Ref.Namespace, b.info.Ref.Namespace),
+			strings.Compare(a.info.Ref.Name, b.info.Ref.Name))
 	})
-	s.policies = make([]PolicyRef, len(all))
+	s.policies = make([]PolicyInfo, len(all))
 	for i, n := range all {
 		*n.id = uint32(i + 1)
-		s.policies[i] = n.ref
+		s.policies[i] = n.info
 	}
 }

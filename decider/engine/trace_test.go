@@ -18,7 +18,7 @@ func TestTraceAgreesWithDecide(t *testing.T) {
 			if id == 0 {
 				return PolicyRef{}
 			}
-			return policies[id-1]
+			return policies[id-1].Ref
 		}
 		for _, tup := range tuples {
 			d := snap.Decide(tup)
@@ -37,6 +37,9 @@ func TestTraceAgreesWithDecide(t *testing.T) {
 				if byID(ids.Policy[dir]) != c.e.Policy || byID(ids.Pass[dir]) != c.e.PassPolicy {
 					t.Fatalf("seed %d %+v %v: ids %v name %v and %v, explanation %v and %v", seed, tup, Direction(dir),
 						ids, byID(ids.Policy[dir]), byID(ids.Pass[dir]), c.e.Policy, c.e.PassPolicy)
+				}
+				if id := ids.Policy[dir]; id != 0 && policies[id-1].Tier != c.e.Tier {
+					t.Fatalf("seed %d %+v: policy %d has tier %v, explanation %v", seed, tup, id, policies[id-1].Tier, c.e.Tier)
 				}
 				if !c.e.Evaluated {
 					if len(c.steps) != 0 {
