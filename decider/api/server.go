@@ -104,20 +104,7 @@ func (s *Server) Decide(ctx context.Context, req *tollgatev1.DecideRequest) (*to
 	}
 	d, ids := v.Snapshot.DecideIDs(t)
 	s.opts.Metrics.decided(v.Snapshot, &d, &ids)
-	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation}
-	if d.SamePod {
-		ref, _ := v.Snapshot.PodAt(t.Src)
-		resp.Explanations = append(resp.Explanations, &tollgatev1.Explanation{
-			Direction: tollgatev1.Direction_DIRECTION_EGRESS, Pod: podRef(ref), Tier: tollgatev1.Tier_TIER_DEFAULT,
-			Action: tollgatev1.Action_ACTION_ALLOW, Verdict: tollgatev1.Verdict_VERDICT_ALLOW,
-			Reason: fmt.Sprintf("%s/%s reaches its own IP directly: not subject to policy", ref.Namespace, ref.Name),
-		})
-	}
-	for _, e := range []engine.Explanation{d.Egress, d.Ingress} {
-		if e.Evaluated {
-			resp.Explanations = append(resp.Explanations, explanation(e))
-		}
-	}
+	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation, Explanations: explanations(v.Snapshot, t, &d)}
 	s.opts.Metrics.request("Decide", resp.Verdict.String())
 	s.opts.Metrics.observe(time.Since(start))
 	return resp, nil
@@ -151,6 +138,9 @@ func (s *Server) DecideStream(stream tollgatev1.DeciderService_DecideStreamServe
 				s.opts.Metrics.decided(v.Snapshot, &d, &ids)
 				r.Verdict = verdict(d.Allowed)
 				r.Generation = v.Generation
+				if x := q.GetExplain(); x == tollgatev1.Explain_EXPLAIN_ALL || (x == tollgatev1.Explain_EXPLAIN_DENIED && !d.Allowed) {
+					r.Explanations = explanations(v.Snapshot, t, &d)
+				}
 			}
 			resp.Results = append(resp.Results, r)
 		}
