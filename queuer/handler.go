@@ -12,6 +12,7 @@ import (
 	"github.com/tollgate/tollgate/queuer/cache"
 	"github.com/tollgate/tollgate/queuer/client"
 	"github.com/tollgate/tollgate/queuer/dataplane"
+	"github.com/tollgate/tollgate/queuer/decisionlog"
 	"github.com/tollgate/tollgate/queuer/nfq"
 	"github.com/tollgate/tollgate/queuer/packet"
 )
@@ -55,6 +56,8 @@ type handler struct {
 	failOpen bool
 	timeout  time.Duration
 	metrics  *metrics
+	// decisions, if not nil, logs the connections decided.
+	decisions *decisionlog.Logger
 
 	// gen is the last generation announced by Watch; watched is set once
 	// the first announcement was applied.
@@ -88,7 +91,12 @@ func (h *handler) decide(p nfq.Packet) (allow bool, source string) {
 		h.metrics.parseErrors.Inc()
 		return h.failMode(), sourceFailMode
 	}
-	q := client.Query{Src: info.Src, Dst: info.Dst, Proto: info.Proto, DstPort: info.DstPort}
+	q := client.Query{Src: info.Src, Dst: info.Dst, Proto: info.Proto, DstPort: info.DstPort, Explain: h.decisions.Explain()}
+	var res client.Result
+	defer func() {
+		h.decisions.Log(decisionlog.Decision{Src: q.Src, Dst: q.Dst, SrcPort: info.SrcPort, DstPort: q.DstPort, Proto: q.Proto,
+			ViaService: q.ViaService, Allow: allow, Answered: source, Generation: res.Generation, Explanations: res.Explanations})
+	}()
 	switch {
 	case p.CtKnown:
 		q.ViaService = p.DNAT
@@ -106,7 +114,7 @@ func (h *handler) decide(p nfq.Packet) (allow bool, source string) {
 	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
 	defer cancel()
 	begin := time.Now()
-	res, err := h.decider.Decide(ctx, q)
+	res, err = h.decider.Decide(ctx, q)
 	if err != nil {
 		h.metrics.deciderErrors.Inc()
 		return h.failMode(), sourceFailMode

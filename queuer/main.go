@@ -30,6 +30,7 @@ import (
 	"github.com/tollgate/tollgate/queuer/client"
 	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/dataplane"
+	"github.com/tollgate/tollgate/queuer/decisionlog"
 	"github.com/tollgate/tollgate/queuer/nfq"
 )
 
@@ -50,6 +51,8 @@ type options struct {
 	decideTimeout  time.Duration
 	cutEstablished bool
 	showVersion    bool
+	logDecisions   decisionlog.Mode
+	logRate        float64
 }
 
 func parseFlags(args []string) (options, error) {
@@ -70,6 +73,12 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.decideTimeout, "decide-timeout", 250*time.Millisecond, "how long a packet waits for the decider before the fail mode applies")
 	fs.BoolVar(&o.cutEstablished, "cut-established", true, "after each policy change, cut established connections of selected pods that policy now denies")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.logDecisions = decisionlog.ModeDeny
+	fs.Func("log-decisions", "decided connections to log on standard output as JSON lines: none, deny or all (default deny)", func(s string) (err error) {
+		o.logDecisions, err = decisionlog.ParseMode(s)
+		return err
+	})
+	fs.Float64Var(&o.logRate, "log-decisions-rate", decisionlog.DefaultRate, "decision log lines per second at most (bursts of twice that); the others are counted in a \"suppressed\" line")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -87,6 +96,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--cache-size %d: want at least 1", o.cacheSize)
 	case o.decideTimeout <= 0:
 		return o, errors.New("--decide-timeout must be positive")
+	case o.logRate <= 0:
+		return o, errors.New("--log-decisions-rate must be positive")
 	}
 	if o.nodeName == "" {
 		o.nodeName = os.Getenv("NODE_NAME")
@@ -148,7 +159,8 @@ func run(ctx context.Context, o options) error {
 	m := newMetrics(vc, counters, procNFQueue)
 	m.dataplaneMode.WithLabelValues(string(dp.Mode())).Set(1)
 	batcher := newKernelBatcher(dp, m)
-	h := &handler{cache: vc, decider: dec, sink: batcher, failOpen: o.failOpen, timeout: o.decideTimeout, metrics: m}
+	decisions := decisionlog.New(os.Stdout, decisionlog.Options{Mode: o.logDecisions, Rate: o.logRate, Burst: int(2 * o.logRate)})
+	h := &handler{cache: vc, decider: dec, sink: batcher, failOpen: o.failOpen, timeout: o.decideTimeout, metrics: m, decisions: decisions}
 
 	var setUp atomic.Bool
 	ready := func() bool { return setUp.Load() && dec.Connected() && h.watched.Load() }
@@ -170,6 +182,7 @@ func run(ctx context.Context, o options) error {
 	defer cancelBg()
 	wg.Go(func() { dec.Run(bg) })
 	wg.Go(func() { batcher.Run(bg) })
+	wg.Go(func() { decisions.Run(bg) })
 	var cutter *flowCutter
 	if o.cutEstablished {
 		table, err := conntrack.Dial()
