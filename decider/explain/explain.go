@@ -310,7 +310,12 @@ func load(ctx context.Context, o options, stdin io.Reader, stderr io.Writer) (en
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	return k.Once(ctx)
+	in, err := k.Once(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("the cluster's objects did not all arrive within --timeout %s (see the messages above: "+
+			"may this identity list pods, namespaces, nodes and networkpolicies?): %w", o.timeout, err)
+	}
+	return in, err
 }
 
 func podRef(s string) (engine.PodRef, error) {
