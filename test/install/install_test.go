@@ -48,14 +48,7 @@ func TestInstallManifests(t *testing.T) {
 				t.Errorf("%d of %d objects applied:\n%s", n, len(objs), out)
 			}
 
-			token, err := c.ServiceAccountToken("kube-system", "tollgate", time.Hour)
-			if err != nil {
-				t.Fatal(err)
-			}
-			kubeconfig, err := c.WriteKubeconfigForToken(token)
-			if err != nil {
-				t.Fatal(err)
-			}
+			kubeconfig := serviceAccountKubeconfig(t, c)
 			// The ServiceAccount may read what the decider needs and write
 			// nothing.
 			for _, check := range []struct {
@@ -102,6 +95,21 @@ func TestInstallManifests(t *testing.T) {
 	t.Run("decider explain", func(t *testing.T) { explainLive(t, c, bin) })
 }
 
+// serviceAccountKubeconfig writes a kubeconfig with a token of the
+// decider's ServiceAccount.
+func serviceAccountKubeconfig(t *testing.T, c *cluster.Cluster) string {
+	t.Helper()
+	token, err := c.ServiceAccountToken("kube-system", "tollgate", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := c.WriteKubeconfigForToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
+}
+
 // explainLive runs `decider explain --kubeconfig` with the ServiceAccount's
 // token (whose RBAC the flavours applied) on two pods and a NetworkPolicy:
 // the one-shot listing works with the shipped RBAC and sees the cluster's
@@ -140,14 +148,7 @@ spec:
 			t.Fatal(err)
 		}
 	}
-	token, err := c.ServiceAccountToken("kube-system", "tollgate", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := c.WriteKubeconfigForToken(token)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := serviceAccountKubeconfig(t, c)
 	for _, tc := range []struct {
 		port, want string
 		code       int
