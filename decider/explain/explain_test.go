@@ -42,11 +42,12 @@ func TestGolden(t *testing.T) {
 		{"flow-external", []string{"--from", "172.18.0.2", "--to", "z/b", "--port", "80/TCP,ICMP"}, ExitAllowed},
 		{"pod-y-b", []string{"--pod", "y/b"}, ExitAllowed},
 		{"pod-z-b", []string{"--pod", "z/b"}, ExitAllowed},
+		{"pod-z-a", []string{"--pod", "z/a"}, ExitAllowed},
 		{"matrix", []string{"--matrix", "x,y,z", "--port", "80/TCP,81/UDP"}, ExitDenied},
 		{"matrix-x", []string{"--matrix", "x", "--port", "80/TCP"}, ExitAllowed},
-		{"whatif-breaks", []string{"--matrix", "x,y,z", "--port", "80/TCP", "--with", "testdata/deny-x-to-b.yaml"}, ExitDenied},
+		{"whatif-breaks", []string{"--matrix", "x,y,z", "--port", "80/TCP", "--with", examples + "/what-if/deny-x-to-b.yaml"}, ExitDenied},
 		{"whatif-replaces", []string{"--from", "x/a,z/a", "--to", "y/b", "--port", "80/TCP", "--with", "testdata/allow-z-to-b.yaml"}, ExitDenied},
-		{"whatif-nothing", []string{"--from", "y/a", "--to", "z/a", "--port", "80/TCP", "--with", "testdata/deny-x-to-b.yaml"}, ExitAllowed},
+		{"whatif-nothing", []string{"--from", "y/a", "--to", "z/a", "--port", "80/TCP", "--with", examples + "/what-if/deny-x-to-b.yaml"}, ExitAllowed},
 	}
 	for _, tc := range tests {
 		for _, format := range []string{"table", "json"} {
@@ -93,7 +94,7 @@ func TestErrors(t *testing.T) {
 		{"from without to", "", []string{"--manifests", examples, "--from", "x/a", "--port", "80"}, "go together"},
 		{"no port", "", []string{"--manifests", examples, "--matrix", "x"}, "--port is required"},
 		{"bad port", "", []string{"--manifests", examples, "--matrix", "x", "--port", "80/QUIC"}, "TCP, UDP or SCTP"},
-		{"pod with --with", "", []string{"--manifests", examples, "--pod", "x/a", "--with", "testdata/deny-x-to-b.yaml"}, "--pod takes"},
+		{"pod with --with", "", []string{"--manifests", examples, "--pod", "x/a", "--with", examples + "/what-if/deny-x-to-b.yaml"}, "--pod takes"},
 		{"bad format", "", []string{"--manifests", examples, "--pod", "x/a", "-o", "yaml"}, "table or json"},
 		{"unknown pod", "", []string{"--manifests", examples, "--pod", "x/nope"}, "pod x/nope not found"},
 		{"bad endpoint", "", []string{"--manifests", examples, "--from", "nope", "--to", "x/a", "--port", "80"}, "NAMESPACE/POD or an IP"},

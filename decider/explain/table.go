@@ -167,10 +167,16 @@ func writePod(b *strings.Builder, p *Pod) {
 			continue
 		}
 		fmt.Fprintf(b, "\n%s:\n", dir.name)
+		isolated := false
+		for _, sp := range dir.policies {
+			isolated = isolated || sp.Stage == "NetworkPolicy"
+		}
 		for _, sp := range dir.policies {
 			switch {
 			case sp.Priority != nil:
 				fmt.Fprintf(b, "  %s (%s stage, priority %d)\n", policyName(sp.Policy), sp.Stage, *sp.Priority)
+			case sp.Stage == "baseline" && isolated:
+				fmt.Fprintf(b, "  %s (baseline stage; not reached: NetworkPolicies select this pod)\n", policyName(sp.Policy))
 			case sp.Stage != "NetworkPolicy":
 				fmt.Fprintf(b, "  %s (%s stage)\n", policyName(sp.Policy), sp.Stage)
 			default:
