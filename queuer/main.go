@@ -159,7 +159,7 @@ func run(ctx context.Context, o options) error {
 	m := newMetrics(vc, counters, procNFQueue)
 	m.dataplaneMode.WithLabelValues(string(dp.Mode())).Set(1)
 	batcher := newKernelBatcher(dp, m)
-	decisions := decisionlog.New(os.Stdout, decisionlog.Options{Mode: o.logDecisions, Rate: o.logRate, Burst: int(2 * o.logRate)})
+	decisions := decisionlog.New(os.Stdout, decisionlog.Options{Mode: o.logDecisions, Rate: o.logRate, Burst: max(1, int(2*o.logRate))})
 	h := &handler{cache: vc, decider: dec, sink: batcher, failOpen: o.failOpen, timeout: o.decideTimeout, metrics: m, decisions: decisions}
 
 	var setUp atomic.Bool
