@@ -4,6 +4,7 @@
 //
 //	decider [--kubeconfig PATH | --manifests DIR] [--socket PATH] [--node-name NAME]
 //	decider healthcheck [--socket PATH]
+//	decider explain --help
 package main
 
 import (
@@ -31,6 +32,7 @@ import (
 
 	"github.com/tollgate/tollgate/decider/api"
 	"github.com/tollgate/tollgate/decider/engine"
+	"github.com/tollgate/tollgate/decider/explain"
 	"github.com/tollgate/tollgate/decider/source"
 	"github.com/tollgate/tollgate/decider/state"
 	"github.com/tollgate/tollgate/internal/version"
@@ -42,6 +44,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(healthcheck(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "explain" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := explain.Main(ctx, os.Args[2:], os.Stdin, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "decider:", err)
 		os.Exit(1)
@@ -51,6 +59,7 @@ func main() {
 type config struct {
 	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
 	settle, crdCheck                                               time.Duration
+	maxPolicySeries                                                int
 	printVersion                                                   bool
 }
 
@@ -64,6 +73,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
 	fs.DurationVar(&c.crdCheck, "crd-check-interval", source.DefaultCRDCheckInterval, "how often to ask discovery which network-policy-api kinds are served")
+	fs.IntVar(&c.maxPolicySeries, "metrics-max-policies", api.DefaultMaxPolicySeries,
+		"how many policies get their own series in the per-policy metrics; the verdicts and warnings of the others add up under policy=\""+api.OtherPolicy+"\"")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -112,7 +123,7 @@ func run(args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := api.NewMetrics(reg)
+	metrics := api.NewMetrics(reg, cfg.maxPolicySeries)
 	st := state.New()
 	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics, Instance: newInstance()})
 
@@ -146,7 +157,7 @@ func run(args []string) error {
 				log.Warn("policy warning", "msg", w)
 			}
 		}
-		metrics.Published(v.Generation, v.CompileTime, stats)
+		metrics.Published(v)
 		if v.Generation == 1 {
 			srv.MarkServing()
 		}

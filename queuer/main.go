@@ -31,6 +31,7 @@ import (
 	"github.com/tollgate/tollgate/queuer/client"
 	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/dataplane"
+	"github.com/tollgate/tollgate/queuer/decisionlog"
 	"github.com/tollgate/tollgate/queuer/nfq"
 )
 
@@ -53,6 +54,8 @@ type options struct {
 	cutEstablished  bool
 	checkInterval   time.Duration
 	showVersion     bool
+	logDecisions    decisionlog.Mode
+	logRate         float64
 }
 
 func parseFlags(args []string) (options, error) {
@@ -79,6 +82,12 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.cutEstablished, "cut-established", true, "after each policy change, cut established connections of selected pods that policy now denies")
 	fs.DurationVar(&o.checkInterval, "check-interval", 2*time.Second, "how often the ruleset is checked and, if something removed or changed it, restored (0 disables)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.logDecisions = decisionlog.ModeDeny
+	fs.Func("log-decisions", "decided connections to log on standard output as JSON lines: none, deny or all (default deny)", func(s string) (err error) {
+		o.logDecisions, err = decisionlog.ParseMode(s)
+		return err
+	})
+	fs.Float64Var(&o.logRate, "log-decisions-rate", decisionlog.DefaultRate, "decision log lines per second at most (bursts of twice that); the others are counted in a \"suppressed\" line")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -100,6 +109,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("--decide-timeout must be positive")
 	case o.checkInterval < 0:
 		return o, errors.New("--check-interval must not be negative")
+	case o.logRate <= 0:
+		return o, errors.New("--log-decisions-rate must be positive")
 	}
 	if o.nodeName == "" {
 		o.nodeName = os.Getenv("NODE_NAME")
@@ -197,6 +208,7 @@ func run(ctx context.Context, o options) error {
 	if table != nil {
 		ct = table
 	}
+	decisions := decisionlog.New(os.Stdout, decisionlog.Options{Mode: o.logDecisions, Rate: o.logRate, Burst: max(1, int(2*o.logRate))})
 	a := agent.New(agent.Config{
 		NodeName:       o.nodeName,
 		FailOpen:       o.failOpen,
@@ -204,6 +216,7 @@ func run(ctx context.Context, o options) error {
 		LearnVerdicts:  true,
 		CutEstablished: o.cutEstablished,
 		CheckInterval:  o.checkInterval,
+		Decisions:      decisions,
 	}, vc, dec, dp, ct, m)
 
 	var setUp atomic.Bool
@@ -236,6 +249,7 @@ func run(ctx context.Context, o options) error {
 	}()
 	wg.Go(func() { dec.Run(bg) })
 	wg.Go(func() { a.Run(bg) })
+	wg.Go(func() { decisions.Run(bg) })
 
 	err = nfq.Run(ctx, nfq.Config{
 		First:        uint16(o.firstQueue),

@@ -102,21 +102,9 @@ func (s *Server) Decide(ctx context.Context, req *tollgatev1.DecideRequest) (*to
 		s.opts.Metrics.request("Decide", "unavailable")
 		return nil, status.Error(codes.Unavailable, "the decider has not synced its sources yet")
 	}
-	d := v.Snapshot.Decide(t)
-	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation}
-	if d.SamePod {
-		ref, _ := v.Snapshot.PodAt(t.Src)
-		resp.Explanations = append(resp.Explanations, &tollgatev1.Explanation{
-			Direction: tollgatev1.Direction_DIRECTION_EGRESS, Pod: podRef(ref), Tier: tollgatev1.Tier_TIER_DEFAULT,
-			Action: tollgatev1.Action_ACTION_ALLOW, Verdict: tollgatev1.Verdict_VERDICT_ALLOW,
-			Reason: fmt.Sprintf("%s/%s reaches its own IP directly: not subject to policy", ref.Namespace, ref.Name),
-		})
-	}
-	for _, e := range []engine.Explanation{d.Egress, d.Ingress} {
-		if e.Evaluated {
-			resp.Explanations = append(resp.Explanations, explanation(e))
-		}
-	}
+	d, ids := v.Snapshot.DecideIDs(t)
+	s.opts.Metrics.decided(v.Snapshot, &d, &ids)
+	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation, Explanations: explanations(v.Snapshot, t, &d)}
 	s.opts.Metrics.request("Decide", resp.Verdict.String())
 	s.opts.Metrics.observe(time.Since(start))
 	return resp, nil
@@ -146,8 +134,13 @@ func (s *Server) DecideStream(stream tollgatev1.DeciderService_DecideStreamServe
 			case v == nil:
 				r.Error = "no snapshot yet"
 			default:
-				r.Verdict = verdict(v.Snapshot.Decide(t).Allowed)
+				d, ids := v.Snapshot.DecideIDs(t)
+				s.opts.Metrics.decided(v.Snapshot, &d, &ids)
+				r.Verdict = verdict(d.Allowed)
 				r.Generation = v.Generation
+				if x := q.GetExplain(); x == tollgatev1.Explain_EXPLAIN_ALL || (x == tollgatev1.Explain_EXPLAIN_DENIED && !d.Allowed) {
+					r.Explanations = explanations(v.Snapshot, t, &d)
+				}
 			}
 			resp.Results = append(resp.Results, r)
 		}

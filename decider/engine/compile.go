@@ -106,6 +106,7 @@ func (cc *Compiler) Compile(in Input) *Snapshot {
 			s.stats.SelectedPods++
 		}
 	}
+	s.numberPolicies()
 	slices.Sort(s.warnings)
 	s.warnings = slices.Compact(s.warnings)
 	return s

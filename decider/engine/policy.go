@@ -6,6 +6,7 @@ import "net/netip"
 // or ClusterNetworkPolicy: the cluster-scoped kinds share one shape.
 type clusterPolicy struct {
 	ref      PolicyRef
+	id       uint32 // see Explanation.PolicyID
 	tier     Tier
 	priority int32
 	subject  subject
@@ -52,6 +53,7 @@ type clusterPeer struct {
 // netPolicy is a compiled NetworkPolicy.
 type netPolicy struct {
 	ref   PolicyRef
+	id    uint32       // see Explanation.PolicyID
 	rules [2][]*npRule // per Direction; identical rules are shared
 }
 

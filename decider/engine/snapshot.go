@@ -12,6 +12,7 @@ type Snapshot struct {
 	podByIP    map[netip.Addr]*pod
 	nodesByIP  map[netip.Addr][]*node
 	namespaces []*namespace
+	policies   []PolicyInfo // by id - 1; see numberPolicies
 	warnings   []string
 	stats      Stats
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/tollgate/tollgate/queuer/client"
 	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/dataplane"
+	"github.com/tollgate/tollgate/queuer/decisionlog"
 )
 
 // Decider is the decider client; *client.Client implements it.
@@ -71,6 +72,8 @@ type Config struct {
 	// MaxCuts bounds the cut flows remembered (default
 	// dataplane.DefaultCutSetSize).
 	MaxCuts int
+	// Decisions, when not nil, logs the connections the agent decides.
+	Decisions *decisionlog.Logger
 }
 
 // Agent is the queuer's runtime. Create it with New, start its loops with

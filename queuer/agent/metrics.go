@@ -134,12 +134,18 @@ func NewMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *Metric
 		}),
 	}
 	m.state = &stateCollector{cache: c, counters: counters, procPath: procPath}
-	m.registry.MustRegister(m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
+	m.registry.MustRegister(m.Collectors()...)
+	return m
+}
+
+// Collectors lists what the registry holds (dashboards' tests read the
+// metric names from it).
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
 		m.deciderErrors, m.busy, m.unjudgeable, m.generation, m.dataplaneMode, m.learnedStale, m.invalidations,
 		m.applyErrors, m.applyLatency, m.repairs, m.checkErrors, m.cutsLifted, m.cutsNotGuarded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.state)
-	return m
+		m.state}
 }
 
 // Registry is the registry that holds every metric.

@@ -8,6 +8,7 @@ import (
 	"github.com/tollgate/tollgate/queuer/cache"
 	"github.com/tollgate/tollgate/queuer/client"
 	"github.com/tollgate/tollgate/queuer/dataplane"
+	"github.com/tollgate/tollgate/queuer/decisionlog"
 	"github.com/tollgate/tollgate/queuer/nfq"
 	"github.com/tollgate/tollgate/queuer/packet"
 )
@@ -57,7 +58,12 @@ func (a *Agent) decide(p nfq.Packet) (v nfq.Verdict, allow bool, source string) 
 		a.metrics.unjudgeable.WithLabelValues("fragment").Inc()
 		return drop, false, sourceUnjudgeable
 	}
-	q := client.Query{Src: info.Src, Dst: info.Dst, Proto: info.Proto, DstPort: info.DstPort}
+	q := client.Query{Src: info.Src, Dst: info.Dst, Proto: info.Proto, DstPort: info.DstPort, Explain: a.cfg.Decisions.Explain()}
+	var res client.Result
+	defer func() {
+		a.cfg.Decisions.Log(decisionlog.Decision{Src: q.Src, Dst: q.Dst, SrcPort: info.SrcPort, DstPort: q.DstPort, Proto: q.Proto,
+			ViaService: q.ViaService, Allow: allow, Answered: source, Generation: res.Generation, Explanations: res.Explanations})
+	}()
 	switch {
 	case p.CtKnown:
 		q.ViaService = p.DNAT
@@ -78,7 +84,7 @@ func (a *Agent) decide(p nfq.Packet) (v nfq.Verdict, allow bool, source string) 
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DecideTimeout)
 	defer cancel()
 	begin := time.Now()
-	res, err := a.dec.Decide(ctx, q)
+	res, err = a.dec.Decide(ctx, q)
 	if err != nil {
 		a.metrics.deciderErrors.Inc()
 		if errors.Is(err, context.DeadlineExceeded) && a.dec.Connected() {

@@ -49,6 +49,8 @@ type Query struct {
 	DstPort uint16
 	// ViaService says the destination was reached through a service address.
 	ViaService bool
+	// Explain asks for the result's explanations (none by default).
+	Explain tollgatev1.Explain
 }
 
 // Result is the decider's answer.
@@ -57,6 +59,9 @@ type Result struct {
 	Allow bool
 	// Generation is the decider state that answered.
 	Generation uint64
+	// Explanations are the decider's, when the query asked for them and the
+	// decider gives them: one per evaluated direction.
+	Explanations []*tollgatev1.Explanation
 }
 
 // WatchUpdate is one announcement of the decider's state.
@@ -341,6 +346,7 @@ func toProto(item queued) *tollgatev1.Query {
 		Protocol:   protocol(q.Proto),
 		DstPort:    uint32(q.DstPort),
 		ViaService: q.ViaService,
+		Explain:    q.Explain,
 	}
 }
 
@@ -363,9 +369,9 @@ func protocol(p uint8) tollgatev1.Protocol {
 func fromProto(r *tollgatev1.Result) reply {
 	switch r.GetVerdict() {
 	case tollgatev1.Verdict_VERDICT_ALLOW:
-		return reply{res: Result{Allow: true, Generation: r.GetGeneration()}}
+		return reply{res: Result{Allow: true, Generation: r.GetGeneration(), Explanations: r.GetExplanations()}}
 	case tollgatev1.Verdict_VERDICT_DENY:
-		return reply{res: Result{Allow: false, Generation: r.GetGeneration()}}
+		return reply{res: Result{Allow: false, Generation: r.GetGeneration(), Explanations: r.GetExplanations()}}
 	default:
 		return reply{err: fmt.Errorf("client: decider rejected query: %s", r.GetError())}
 	}

@@ -323,6 +323,60 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 	return file_tollgate_v1_decider_proto_rawDescGZIP(), []int{4}
 }
 
+// Explain says which DecideStream results carry explanations.
+type Explain int32
+
+const (
+	// EXPLAIN_UNSPECIFIED asks for none: the cheapest answer, and what every
+	// client that predates this field gets.
+	Explain_EXPLAIN_UNSPECIFIED Explain = 0
+	// EXPLAIN_DENIED asks for explanations of denied connections only.
+	Explain_EXPLAIN_DENIED Explain = 1
+	// EXPLAIN_ALL asks for explanations of every connection.
+	Explain_EXPLAIN_ALL Explain = 2
+)
+
+// Enum value maps for Explain.
+var (
+	Explain_name = map[int32]string{
+		0: "EXPLAIN_UNSPECIFIED",
+		1: "EXPLAIN_DENIED",
+		2: "EXPLAIN_ALL",
+	}
+	Explain_value = map[string]int32{
+		"EXPLAIN_UNSPECIFIED": 0,
+		"EXPLAIN_DENIED":      1,
+		"EXPLAIN_ALL":         2,
+	}
+)
+
+func (x Explain) Enum() *Explain {
+	p := new(Explain)
+	*p = x
+	return p
+}
+
+func (x Explain) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Explain) Descriptor() protoreflect.EnumDescriptor {
+	return file_tollgate_v1_decider_proto_enumTypes[5].Descriptor()
+}
+
+func (Explain) Type() protoreflect.EnumType {
+	return &file_tollgate_v1_decider_proto_enumTypes[5]
+}
+
+func (x Explain) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Explain.Descriptor instead.
+func (Explain) EnumDescriptor() ([]byte, []int) {
+	return file_tollgate_v1_decider_proto_rawDescGZIP(), []int{5}
+}
+
 // DecideRequest names a connection by its first packet, after any service
 // address translation (DNAT).
 type DecideRequest struct {
@@ -828,7 +882,11 @@ type Query struct {
 	// dst_port is the destination port.
 	DstPort uint32 `protobuf:"varint,5,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
 	// via_service: see DecideRequest.via_service.
-	ViaService    bool `protobuf:"varint,6,opt,name=via_service,json=viaService,proto3" json:"via_service,omitempty"`
+	ViaService bool `protobuf:"varint,6,opt,name=via_service,json=viaService,proto3" json:"via_service,omitempty"`
+	// explain asks for the result's explanations (see Result.explanations).
+	// They cost the decider and the stream; a queuer asks only for what it
+	// logs.
+	Explain       Explain `protobuf:"varint,7,opt,name=explain,proto3,enum=tollgate.v1.Explain" json:"explain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -905,6 +963,13 @@ func (x *Query) GetViaService() bool {
 	return false
 }
 
+func (x *Query) GetExplain() Explain {
+	if x != nil {
+		return x.Explain
+	}
+	return Explain_EXPLAIN_UNSPECIFIED
+}
+
 // DecideStreamResponse carries results, not necessarily in query order.
 type DecideStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -962,7 +1027,12 @@ type Result struct {
 	// generation is the decider state that answered.
 	Generation uint64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	// error describes an invalid query.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// explanations, when the query asked for them (Query.explain) and the
+	// decider gives them, are those DecideResponse.explanations would hold:
+	// one per evaluated direction, naming the pod, tier, policy and rule.
+	// Deciders may leave them out; clients must work without them.
+	Explanations  []*Explanation `protobuf:"bytes,5,rep,name=explanations,proto3" json:"explanations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1023,6 +1093,13 @@ func (x *Result) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *Result) GetExplanations() []*Explanation {
+	if x != nil {
+		return x.Explanations
+	}
+	return nil
 }
 
 // WatchRequest subscribes to state changes.
@@ -1215,7 +1292,7 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"C\n" +
 	"\x13DecideStreamRequest\x12,\n" +
-	"\aqueries\x18\x01 \x03(\v2\x12.tollgate.v1.QueryR\aqueries\"\xbc\x01\n" +
+	"\aqueries\x18\x01 \x03(\v2\x12.tollgate.v1.QueryR\aqueries\"\xec\x01\n" +
 	"\x05Query\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
 	"\bsrc_addr\x18\x02 \x01(\fR\asrcAddr\x12\x19\n" +
@@ -1223,16 +1300,18 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\bprotocol\x18\x04 \x01(\x0e2\x15.tollgate.v1.ProtocolR\bprotocol\x12\x19\n" +
 	"\bdst_port\x18\x05 \x01(\rR\adstPort\x12\x1f\n" +
 	"\vvia_service\x18\x06 \x01(\bR\n" +
-	"viaService\"E\n" +
+	"viaService\x12.\n" +
+	"\aexplain\x18\a \x01(\x0e2\x14.tollgate.v1.ExplainR\aexplain\"E\n" +
 	"\x14DecideStreamResponse\x12-\n" +
-	"\aresults\x18\x01 \x03(\v2\x13.tollgate.v1.ResultR\aresults\"~\n" +
+	"\aresults\x18\x01 \x03(\v2\x13.tollgate.v1.ResultR\aresults\"\xbc\x01\n" +
 	"\x06Result\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\averdict\x18\x02 \x01(\x0e2\x14.tollgate.v1.VerdictR\averdict\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x03 \x01(\x04R\n" +
 	"generation\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"+\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12<\n" +
+	"\fexplanations\x18\x05 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\"+\n" +
 	"\fWatchRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xd0\x01\n" +
 	"\rWatchResponse\x12\x1e\n" +
@@ -1271,7 +1350,11 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_ALLOW\x10\x01\x12\x0f\n" +
 	"\vACTION_DENY\x10\x02\x12\x0f\n" +
-	"\vACTION_PASS\x10\x032\xee\x01\n" +
+	"\vACTION_PASS\x10\x03*G\n" +
+	"\aExplain\x12\x17\n" +
+	"\x13EXPLAIN_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eEXPLAIN_DENIED\x10\x01\x12\x0f\n" +
+	"\vEXPLAIN_ALL\x10\x022\xee\x01\n" +
 	"\x0eDeciderService\x12A\n" +
 	"\x06Decide\x12\x1a.tollgate.v1.DecideRequest\x1a\x1b.tollgate.v1.DecideResponse\x12W\n" +
 	"\fDecideStream\x12 .tollgate.v1.DecideStreamRequest\x1a!.tollgate.v1.DecideStreamResponse(\x010\x01\x12@\n" +
@@ -1289,7 +1372,7 @@ func file_tollgate_v1_decider_proto_rawDescGZIP() []byte {
 	return file_tollgate_v1_decider_proto_rawDescData
 }
 
-var file_tollgate_v1_decider_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_tollgate_v1_decider_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
 var file_tollgate_v1_decider_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_tollgate_v1_decider_proto_goTypes = []any{
 	(Protocol)(0),                // 0: tollgate.v1.Protocol
@@ -1297,45 +1380,48 @@ var file_tollgate_v1_decider_proto_goTypes = []any{
 	(Direction)(0),               // 2: tollgate.v1.Direction
 	(Tier)(0),                    // 3: tollgate.v1.Tier
 	(Action)(0),                  // 4: tollgate.v1.Action
-	(*DecideRequest)(nil),        // 5: tollgate.v1.DecideRequest
-	(*DecideResponse)(nil),       // 6: tollgate.v1.DecideResponse
-	(*Explanation)(nil),          // 7: tollgate.v1.Explanation
-	(*PodRef)(nil),               // 8: tollgate.v1.PodRef
-	(*PolicyRef)(nil),            // 9: tollgate.v1.PolicyRef
-	(*RuleRef)(nil),              // 10: tollgate.v1.RuleRef
-	(*DecideStreamRequest)(nil),  // 11: tollgate.v1.DecideStreamRequest
-	(*Query)(nil),                // 12: tollgate.v1.Query
-	(*DecideStreamResponse)(nil), // 13: tollgate.v1.DecideStreamResponse
-	(*Result)(nil),               // 14: tollgate.v1.Result
-	(*WatchRequest)(nil),         // 15: tollgate.v1.WatchRequest
-	(*WatchResponse)(nil),        // 16: tollgate.v1.WatchResponse
+	(Explain)(0),                 // 5: tollgate.v1.Explain
+	(*DecideRequest)(nil),        // 6: tollgate.v1.DecideRequest
+	(*DecideResponse)(nil),       // 7: tollgate.v1.DecideResponse
+	(*Explanation)(nil),          // 8: tollgate.v1.Explanation
+	(*PodRef)(nil),               // 9: tollgate.v1.PodRef
+	(*PolicyRef)(nil),            // 10: tollgate.v1.PolicyRef
+	(*RuleRef)(nil),              // 11: tollgate.v1.RuleRef
+	(*DecideStreamRequest)(nil),  // 12: tollgate.v1.DecideStreamRequest
+	(*Query)(nil),                // 13: tollgate.v1.Query
+	(*DecideStreamResponse)(nil), // 14: tollgate.v1.DecideStreamResponse
+	(*Result)(nil),               // 15: tollgate.v1.Result
+	(*WatchRequest)(nil),         // 16: tollgate.v1.WatchRequest
+	(*WatchResponse)(nil),        // 17: tollgate.v1.WatchResponse
 }
 var file_tollgate_v1_decider_proto_depIdxs = []int32{
 	0,  // 0: tollgate.v1.DecideRequest.protocol:type_name -> tollgate.v1.Protocol
 	1,  // 1: tollgate.v1.DecideResponse.verdict:type_name -> tollgate.v1.Verdict
-	7,  // 2: tollgate.v1.DecideResponse.explanations:type_name -> tollgate.v1.Explanation
+	8,  // 2: tollgate.v1.DecideResponse.explanations:type_name -> tollgate.v1.Explanation
 	2,  // 3: tollgate.v1.Explanation.direction:type_name -> tollgate.v1.Direction
-	8,  // 4: tollgate.v1.Explanation.pod:type_name -> tollgate.v1.PodRef
+	9,  // 4: tollgate.v1.Explanation.pod:type_name -> tollgate.v1.PodRef
 	3,  // 5: tollgate.v1.Explanation.tier:type_name -> tollgate.v1.Tier
-	9,  // 6: tollgate.v1.Explanation.policy:type_name -> tollgate.v1.PolicyRef
-	10, // 7: tollgate.v1.Explanation.rule:type_name -> tollgate.v1.RuleRef
+	10, // 6: tollgate.v1.Explanation.policy:type_name -> tollgate.v1.PolicyRef
+	11, // 7: tollgate.v1.Explanation.rule:type_name -> tollgate.v1.RuleRef
 	4,  // 8: tollgate.v1.Explanation.action:type_name -> tollgate.v1.Action
 	1,  // 9: tollgate.v1.Explanation.verdict:type_name -> tollgate.v1.Verdict
-	12, // 10: tollgate.v1.DecideStreamRequest.queries:type_name -> tollgate.v1.Query
+	13, // 10: tollgate.v1.DecideStreamRequest.queries:type_name -> tollgate.v1.Query
 	0,  // 11: tollgate.v1.Query.protocol:type_name -> tollgate.v1.Protocol
-	14, // 12: tollgate.v1.DecideStreamResponse.results:type_name -> tollgate.v1.Result
-	1,  // 13: tollgate.v1.Result.verdict:type_name -> tollgate.v1.Verdict
-	5,  // 14: tollgate.v1.DeciderService.Decide:input_type -> tollgate.v1.DecideRequest
-	11, // 15: tollgate.v1.DeciderService.DecideStream:input_type -> tollgate.v1.DecideStreamRequest
-	15, // 16: tollgate.v1.DeciderService.Watch:input_type -> tollgate.v1.WatchRequest
-	6,  // 17: tollgate.v1.DeciderService.Decide:output_type -> tollgate.v1.DecideResponse
-	13, // 18: tollgate.v1.DeciderService.DecideStream:output_type -> tollgate.v1.DecideStreamResponse
-	16, // 19: tollgate.v1.DeciderService.Watch:output_type -> tollgate.v1.WatchResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	5,  // 12: tollgate.v1.Query.explain:type_name -> tollgate.v1.Explain
+	15, // 13: tollgate.v1.DecideStreamResponse.results:type_name -> tollgate.v1.Result
+	1,  // 14: tollgate.v1.Result.verdict:type_name -> tollgate.v1.Verdict
+	8,  // 15: tollgate.v1.Result.explanations:type_name -> tollgate.v1.Explanation
+	6,  // 16: tollgate.v1.DeciderService.Decide:input_type -> tollgate.v1.DecideRequest
+	12, // 17: tollgate.v1.DeciderService.DecideStream:input_type -> tollgate.v1.DecideStreamRequest
+	16, // 18: tollgate.v1.DeciderService.Watch:input_type -> tollgate.v1.WatchRequest
+	7,  // 19: tollgate.v1.DeciderService.Decide:output_type -> tollgate.v1.DecideResponse
+	14, // 20: tollgate.v1.DeciderService.DecideStream:output_type -> tollgate.v1.DecideStreamResponse
+	17, // 21: tollgate.v1.DeciderService.Watch:output_type -> tollgate.v1.WatchResponse
+	19, // [19:22] is the sub-list for method output_type
+	16, // [16:19] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_v1_decider_proto_init() }
@@ -1348,7 +1434,7 @@ func file_tollgate_v1_decider_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_v1_decider_proto_rawDesc), len(file_tollgate_v1_decider_proto_rawDesc)),
-			NumEnums:      5,
+			NumEnums:      6,
 			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
