@@ -59,14 +59,23 @@ func helmBinary(t *testing.T) string {
 // returns the rendered YAML.
 func render(t *testing.T, args ...string) []byte {
 	t.Helper()
+	out, err := template(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func template(t *testing.T, args ...string) ([]byte, error) {
+	t.Helper()
 	cmd := exec.Command(helmBinary(t), append([]string{"template", "tollgate", "tollgate", "--namespace", "kube-system"}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("helm template %v: %v\n%s", args, err, stderr.String())
+		return nil, fmt.Errorf("helm template %v: %w\n%s", args, err, stderr.String())
 	}
-	return out
+	return out, nil
 }
 
 // objects decodes multi-document YAML into generic objects keyed by
@@ -312,6 +321,23 @@ func TestValues(t *testing.T) {
 	} {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s = %#v, want %#v", c.what, c.got, c.want)
+		}
+	}
+}
+
+// TestSchemaRejectsMistakes: values.schema.json turns a misspelled or
+// out-of-range value into an error instead of a silently ignored setting.
+func TestSchemaRejectsMistakes(t *testing.T) {
+	for _, set := range []string{
+		"decider.kubeApiAccess=false", // kubeAPIAccess
+		"queuer.failopen=false",       // failOpen
+		"queuer.queues=-1",
+		"metrics.deciderPort=70000",
+		"decider.image.pullPolicy=Sometimes",
+		"policyAPI.adminNetworkPolicy=true", // policyAPIs
+	} {
+		if _, err := template(t, "--set", set); err == nil || !strings.Contains(err.Error(), "schema") {
+			t.Errorf("--set %s: %v, want a schema error", set, err)
 		}
 	}
 }
