@@ -168,13 +168,23 @@ func containers(ds map[string]any) []any {
 	return spec["containers"].([]any)
 }
 
+// splitImage splits an image reference into repository and tag (empty
+// without one); a registry's port is part of the repository.
+func splitImage(image string) (repo, tag string) {
+	i := strings.LastIndex(image, ":")
+	if i < 0 || strings.Contains(image[i:], "/") {
+		return image, ""
+	}
+	return image[:i], image[i+1:]
+}
+
 // imageTag removes the tag from every container image of the DaemonSet
 // (repository only) and returns the tags by container name.
 func imageTag(ds map[string]any) map[string]string {
 	tags := map[string]string{}
 	for _, c := range containers(ds) {
 		c := c.(map[string]any)
-		repo, tag, _ := strings.Cut(c["image"].(string), ":")
+		repo, tag := splitImage(c["image"].(string))
 		c["image"] = repo
 		tags[c["name"].(string)] = tag
 	}
@@ -247,7 +257,7 @@ func TestAppVersion(t *testing.T) {
 		}
 		for name, tag := range imageTag(obj) {
 			if tag != appVersion && tag != "latest" {
-				t.Errorf("%s: deploy/install.yaml names %s:%s, but the chart's appVersion is %q: set appVersion in deploy/helm/tollgate/Chart.yaml to %q",
+				t.Errorf("%s: deploy/install.yaml gives the %s container image tag %q, but the chart's appVersion is %q: set appVersion in deploy/helm/tollgate/Chart.yaml to %q",
 					k, name, tag, appVersion, tag)
 			}
 		}
@@ -338,6 +348,19 @@ func TestSchemaRejectsMistakes(t *testing.T) {
 	} {
 		if _, err := template(t, "--set", set); err == nil || !strings.Contains(err.Error(), "schema") {
 			t.Errorf("--set %s: %v, want a schema error", set, err)
+		}
+	}
+}
+
+func TestSplitImage(t *testing.T) {
+	for _, tc := range []struct{ image, repo, tag string }{
+		{"tollgate-decider", "tollgate-decider", ""},
+		{"tollgate-decider:latest", "tollgate-decider", "latest"},
+		{"registry.example:5000/tollgate/tollgate-decider:v0.2.0", "registry.example:5000/tollgate/tollgate-decider", "v0.2.0"},
+		{"registry.example:5000/tollgate-decider", "registry.example:5000/tollgate-decider", ""},
+	} {
+		if repo, tag := splitImage(tc.image); repo != tc.repo || tag != tc.tag {
+			t.Errorf("splitImage(%q) = %q, %q; want %q, %q", tc.image, repo, tag, tc.repo, tc.tag)
 		}
 	}
 }
