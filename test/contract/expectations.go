@@ -19,7 +19,7 @@ import (
 // knows, which of them Watch reports as selected on one node, and the
 // verdicts of chosen connections. The kit checks the contract's rules on
 // these connections; it never needs to know where the decider gets its
-// policy from. See testdata/expectations.yaml for an annotated example.
+// policy from. examples.yaml (Examples) is an annotated example.
 type Expectations struct {
 	// Node is the node_name of the kit's WatchRequests.
 	Node string `json:"node"`
