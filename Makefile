@@ -80,7 +80,7 @@ faults: e2e-deps kube-apiserver ## Fault injection with real processes: apiserve
 	go test -race -count=1 -timeout 15m $(if $(V),-v) ./test/faults/
 
 .PHONY: test
-test: e2e-deps tools kube-apiserver lint verify unit fuzz-short faults conformance ## Everything CI runs.
+test: e2e-deps tools plugins-deps kube-apiserver lint verify plugins-check unit fuzz-short faults conformance ## Everything CI runs.
 
 .PHONY: demo
 demo: e2e-deps build ## Real packets, real verdicts: the example policies on a simulated node (as root).
@@ -91,8 +91,8 @@ bench: ## Engine benchmarks (see docs/performance.md).
 	go test -run '^$$' -bench . -benchmem ./decider/engine/
 
 .PHONY: contract
-contract: ## The decider conformance kit against SOCKET (a decider loaded with deploy/examples), or against Tollgate's own.
-	go test -count=1 -v ./test/contract/ $(if $(SOCKET),-args -contract.socket=$(SOCKET))
+contract: ## The decider conformance kit (cmd/tollgate-contract) against SOCKET, EXPECT=<expectations file> (default: deploy/examples loaded); without SOCKET, against Tollgate's decider and the example plugins.
+	$(if $(SOCKET),go run ./cmd/tollgate-contract --socket $(SOCKET) $(if $(EXPECT),--expect $(EXPECT)) $(if $(NODE),--node $(NODE)),go test -count=1 -v ./test/contract/)
 
 .PHONY: bench-knp
 bench-knp: ## Side by side with kube-network-policies v1.1.1 (fetched from the module proxy): same objects, same verdicts checked, then ns/op and ratio.
