@@ -22,6 +22,8 @@ import (
 // verdict in both snapshots, so a dataplane needs to re-examine only the
 // established connections that touch one of them.
 func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []netip.Addr {
+	ignore := func(string, ...any) {}
+	prevIn, nextIn = usable(prevIn, ignore), usable(nextIn, ignore)
 	out := map[netip.Addr]struct{}{}
 	add := func(ips ...netip.Addr) {
 		for _, ip := range ips {
