@@ -251,3 +251,37 @@ func FuzzCompilerReuse(f *testing.F) {
 		}
 	})
 }
+
+// TestChangedIPsOddObjects: ChangedIPs pairs objects the way Compile reads
+// them, also for inputs the apiserver never serves.
+func TestChangedIPsOddObjects(t *testing.T) {
+	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	t.Run("cluster-scoped policy carrying a namespace", func(t *testing.T) {
+		// Compile ignores the namespace of a cluster-scoped object; so must
+		// ChangedIPs when it matches changed policies to their subjects.
+		prev := testCluster()
+		next := withPolicies(t, testCluster(), anpAPI+`kind: AdminNetworkPolicy
+metadata: {name: deny-x, namespace: "y"}
+spec:
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]`)
+		got := ChangedIPs(prev, Compile(prev), next, Compile(next))
+		want := []netip.Addr{ip("10.0.1.1"), ip("10.0.1.2"), ip("10.0.1.3"), ip("fd00::1:1"), ip("fd00::1:2"), ip("fd00::1:3")}
+		if !slices.Equal(got, want) {
+			t.Errorf("ChangedIPs = %v, want %v", got, want)
+		}
+	})
+	t.Run("two pods under one name", func(t *testing.T) {
+		// The first of two x/new pods moves from 10.0.9.1 to 10.0.9.3:
+		// its old address changes too.
+		a, b := testPod("x", "new", ip("10.0.9.1")), testPod("x", "new", ip("10.0.9.2"))
+		moved := testPod("x", "new", ip("10.0.9.3"))
+		prev := Input{Pods: []*corev1.Pod{a, b}}
+		next := Input{Pods: []*corev1.Pod{moved, b}}
+		got := ChangedIPs(prev, Compile(prev), next, Compile(next))
+		if !slices.Contains(got, ip("10.0.9.1")) || !slices.Contains(got, ip("10.0.9.3")) {
+			t.Errorf("ChangedIPs = %v, want 10.0.9.1 and 10.0.9.3 among them", got)
+		}
+	})
+}
