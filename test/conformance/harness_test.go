@@ -71,7 +71,7 @@ func run(m *testing.M) int {
 		return testenv.SkipMain("conformance tests need root")
 	}
 	if _, err := cluster.KubeAPIServerPath(); err != nil {
-		return testenv.SkipMain("%v (make kube-apiserver)", err)
+		return testenv.SkipMain("%v", err)
 	}
 	e, err := setup()
 	if e != nil {
