@@ -2,7 +2,6 @@ package contract
 
 import (
 	"context"
-	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,11 +17,9 @@ import (
 	"github.com/tollgate/tollgate/internal/proc"
 )
 
-var (
-	socketFlag = flag.String("contract.socket", "", "Unix socket of a running decider to check (TestDeciderAtSocket)")
-	expectFlag = flag.String("contract.expect", "", "expectations file for -contract.socket (default: the examples of deploy/examples)")
-	nodeFlag   = flag.String("contract.node", "", "node name for Watch, overriding the expectations'")
-)
+// A decider someone else started is checked with the kit's binary:
+// go run ./cmd/tollgate-contract --socket /run/my.sock [--expect FILE]
+// (make contract SOCKET=...).
 
 // dial connects to the decider on sock and waits until it is SERVING.
 func dial(t *testing.T, sock string) *grpc.ClientConn {
@@ -61,26 +58,6 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// TestDeciderAtSocket checks a decider someone else started:
-//
-//	go test ./test/contract/ -run TestDeciderAtSocket -args -contract.socket=/run/my.sock [-contract.expect=FILE]
-func TestDeciderAtSocket(t *testing.T) {
-	if *socketFlag == "" {
-		t.Skip("no -contract.socket given: nothing to check")
-	}
-	e := Examples()
-	if *expectFlag != "" {
-		var err error
-		if e, err = LoadExpectations(*expectFlag); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if *nodeFlag != "" {
-		e.Node = *nodeFlag
-	}
-	requireAll(t, dial(t, *socketFlag), e, Options{}, "watch-change")
 }
 
 // tollgateChange isolates namespace x for ingress: the change the kit

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/internal/proc"
+	"github.com/tollgate/tollgate/internal/testenv"
 	"github.com/tollgate/tollgate/test/cluster"
 )
 
@@ -28,13 +29,7 @@ func newHelm(t *testing.T, c *cluster.Cluster) *helmRunner {
 	t.Helper()
 	bin := os.Getenv("TOLLGATE_HELM")
 	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("helm"); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("helm is not on PATH (make helm installs it): %v", err)
-			}
-			t.Skip("skipping: helm is not on PATH (make helm installs it)")
-		}
+		bin = testenv.LookPath(t, "helm") // make tools installs it
 	}
 	return &helmRunner{bin: bin, kubeconfig: c.Kubeconfig(), home: t.TempDir()}
 }
