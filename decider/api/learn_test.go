@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -28,7 +29,7 @@ func dnsCluster() engine.Input {
 			Subject: v1alpha2.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{}},
 			Egress: []v1alpha2.ClusterNetworkPolicyEgressRule{
 				{Action: v1alpha2.ClusterNetworkPolicyRuleActionAccept, To: []v1alpha2.ClusterNetworkPolicyEgressPeer{{DomainNames: []v1alpha2.DomainName{"*.allowed.test"}}}},
-				{Action: v1alpha2.ClusterNetworkPolicyRuleActionDeny, To: []v1alpha2.ClusterNetworkPolicyEgressPeer{{Networks: []v1alpha2.CIDR{"0.0.0.0/0"}}}},
+				{Action: v1alpha2.ClusterNetworkPolicyRuleActionDeny, To: []v1alpha2.ClusterNetworkPolicyEgressPeer{{Networks: []v1alpha2.CIDR{"0.0.0.0/0", "::/0"}}}},
 			},
 		},
 	}}
@@ -68,12 +69,27 @@ func TestLearn(t *testing.T) {
 		t.Fatalf("Learn = %v, %v; want generation %d", resp, err, first.GetGeneration()+1)
 	}
 	next, err := watch.Recv()
-	if err != nil || next.GetGeneration() != resp.GetGeneration() || next.GetChangedAll() || len(next.GetChanged()) != 1 {
-		t.Fatalf("Watch after Learn: %v, %v; want the pod listed as changed", next, err)
+	if err != nil || next.GetGeneration() != resp.GetGeneration() || next.GetChangedAll() || len(next.GetChanged()) != 2 {
+		t.Fatalf("Watch after Learn: %v, %v; want both addresses of the pod listed as changed", next, err)
 	}
 	d, err := client.Decide(ctx, req)
 	if err != nil || d.GetVerdict() != tollgatev1.Verdict_VERDICT_ALLOW || d.GetExplanations()[0].GetDomain() != "www.allowed.test" {
 		t.Fatalf("after the answer: %v %v, want allow by www.allowed.test", d, err)
+	}
+	// An answer learned through the pod's IPv4 address holds for its IPv6
+	// address too.
+	req6 := &tollgatev1.DecideRequest{SrcIp: "fd00::1", DstIp: "2001:db8::5", Protocol: tollgatev1.Protocol_PROTOCOL_TCP, DstPort: 443}
+	if d, _ := client.Decide(ctx, req6); d.GetVerdict() != tollgatev1.Verdict_VERDICT_DENY {
+		t.Fatalf("IPv6 before its answer: %v", d)
+	}
+	resp, err = client.Learn(ctx, &tollgatev1.LearnRequest{PodAddr: []byte{10, 0, 0, 1}, Resolutions: []*tollgatev1.Resolution{
+		{Names: []string{"v6.allowed.test"}, Addresses: [][]byte{netip.MustParseAddr("2001:db8::5").AsSlice()}, TtlSeconds: 60},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := client.Decide(ctx, req6); d.GetVerdict() != tollgatev1.Verdict_VERDICT_ALLOW {
+		t.Errorf("the pod's IPv6 address does not get the answer learned through its IPv4 one: %v", d)
 	}
 	// Another pod did not resolve it; an ungoverned address is ignored.
 	req.SrcIp = "10.0.0.2"

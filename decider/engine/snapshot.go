@@ -96,6 +96,16 @@ func (s *Snapshot) SelectedPodIPs(node string) []netip.Addr {
 	return slices.Compact(out)
 }
 
+// PodIPs returns the addresses of the pod that owns ip (ip among them),
+// its primary address first: a key under which to keep what is known of
+// the pod whatever address it used. The slice must not be modified.
+func (s *Snapshot) PodIPs(ip netip.Addr) ([]netip.Addr, bool) {
+	if p := s.podByIP[ip.Unmap()]; p != nil {
+		return p.ips, true
+	}
+	return nil, false
+}
+
 // NodeOf returns the node of the pod that owns ip.
 func (s *Snapshot) NodeOf(ip netip.Addr) (string, bool) {
 	if p := s.podByIP[ip.Unmap()]; p != nil {

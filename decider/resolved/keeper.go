@@ -38,14 +38,17 @@ func (k *Keeper) Store() *Store { return k.store }
 // which verdicts take them into account, or ok false when pod is not a pod
 // of the node whose answers are learned (the answer is then ignored).
 func (k *Keeper) Learn(pod netip.Addr, answers []Answer) (gen uint64, ok bool) {
+	pod = pod.Unmap()
 	v := k.state.Current()
-	if v == nil || !k.learns(v.Snapshot, pod.Unmap()) {
+	if v == nil || !k.learns(v.Snapshot, pod) {
 		return 0, false
 	}
-	if !k.store.Learn(pod, answers, k.now()) {
+	// Kept under the pod's primary address: it may connect from another.
+	ips, _ := v.Snapshot.PodIPs(pod)
+	if !k.store.Learn(ips[0], answers, k.now()) {
 		return v.Generation, true
 	}
-	nv := k.state.PublishDNS(k.view(), []netip.Addr{pod.Unmap()})
+	nv := k.state.PublishDNS(k.view(), ips)
 	return nv.Generation, true
 }
 
@@ -66,14 +69,23 @@ func (k *Keeper) learns(snap *engine.Snapshot, pod netip.Addr) bool {
 
 // view is the store's view, with the pods of this node as the local ones.
 func (k *Keeper) view() *view {
-	return k.store.View(func(pod netip.Addr) bool {
+	local := func(pod netip.Addr) bool {
 		v := k.state.Current()
 		if v == nil {
 			return false
 		}
 		node, ok := v.Snapshot.NodeOf(pod)
 		return ok && node == k.node
-	}).(*view)
+	}
+	key := func(pod netip.Addr) netip.Addr {
+		if v := k.state.Current(); v != nil {
+			if ips, ok := v.Snapshot.PodIPs(pod); ok {
+				return ips[0]
+			}
+		}
+		return pod
+	}
+	return k.store.View(local, key).(*view)
 }
 
 // Run expires answers every interval, and forgets the pods no longer
@@ -89,8 +101,16 @@ func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		changed := k.store.Expire(k.now())
-		if v := k.state.Current(); v != nil {
+		v := k.state.Current()
+		if v != nil {
 			changed = append(changed, k.store.Retain(func(p netip.Addr) bool { return k.learns(v.Snapshot, p) })...)
+			// The store keys a pod by its primary address; the queuer must
+			// hear of all of them.
+			for _, p := range changed {
+				if ips, ok := v.Snapshot.PodIPs(p); ok {
+					changed = append(changed, ips...)
+				}
+			}
 		}
 		if len(changed) > 0 {
 			if v := k.state.PublishDNS(k.view(), changed); v != nil {

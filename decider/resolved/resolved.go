@@ -238,10 +238,12 @@ func (s *Store) Stats() Stats {
 }
 
 // View returns an immutable view of what the store holds now, for
-// engine.Tuple.DNS; local says which pods' answers this decider learns.
-// Pods whose entries did not change since the last View share their part
-// with it.
-func (s *Store) View(local func(netip.Addr) bool) engine.Resolved {
+// engine.Tuple.DNS. local says which pods' answers this decider learns; key,
+// if not nil, maps any address of a pod to the one its answers are kept
+// under (a pod that resolved a name over IPv4 may connect over IPv6). Pods
+// whose entries did not change since the last View share their part with
+// it.
+func (s *Store) View(local func(netip.Addr) bool, key func(netip.Addr) netip.Addr) engine.Resolved {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for pod := range s.dirty {
@@ -252,12 +254,13 @@ func (s *Store) View(local func(netip.Addr) bool) engine.Resolved {
 		}
 	}
 	clear(s.dirty)
-	return &view{local: local, pods: maps.Clone(s.views)}
+	return &view{local: local, key: key, pods: maps.Clone(s.views)}
 }
 
 // view is an immutable engine.Resolved.
 type view struct {
 	local func(netip.Addr) bool
+	key   func(netip.Addr) netip.Addr
 	pods  map[netip.Addr]*podView
 }
 
@@ -282,6 +285,9 @@ func (v *view) Local(pod netip.Addr) bool { return v.local != nil && v.local(pod
 
 // Names implements engine.Resolved.
 func (v *view) Names(pod, addr netip.Addr) []string {
+	if v.key != nil {
+		pod = v.key(pod)
+	}
 	pv := v.pods[pod]
 	if pv == nil {
 		return nil

@@ -22,7 +22,7 @@ func TestLearnAndView(t *testing.T) {
 	if !s.Learn(pod, []Answer{{Names: []string{"WWW.Allowed.Test.", "cdn.provider.test"}, Addrs: []netip.Addr{web}, TTL: time.Minute}}, t0) {
 		t.Fatal("a new name was not a change")
 	}
-	v := s.View(all)
+	v := s.View(all, nil)
 	if got := v.Names(pod, web); !slices.Equal(got, []string{"cdn.provider.test", "www.allowed.test"}) {
 		t.Errorf("names of %s for %s = %v", pod, web, got)
 	}
@@ -38,11 +38,22 @@ func TestLearnAndView(t *testing.T) {
 	if v.Names(pod, web2) != nil {
 		t.Error("an old view sees a later answer")
 	}
-	if got := s.View(all).Names(pod, web2); !slices.Equal(got, []string{"other.test"}) {
+	if got := s.View(all, nil).Names(pod, web2); !slices.Equal(got, []string{"other.test"}) {
 		t.Errorf("new view: %v", got)
 	}
-	if !s.View(func(a netip.Addr) bool { return a == pod }).Local(pod) || s.View(nil).Local(pod) {
+	if !s.View(func(a netip.Addr) bool { return a == pod }, nil).Local(pod) || s.View(nil, nil).Local(pod) {
 		t.Error("Local does not follow the function given")
+	}
+	// Another address of the same pod sees the same names.
+	pod6 := netip.MustParseAddr("fd00::1:1")
+	byPod := s.View(all, func(a netip.Addr) netip.Addr {
+		if a == pod6 {
+			return pod
+		}
+		return a
+	})
+	if got := byPod.Names(pod6, web2); !slices.Equal(got, []string{"other.test"}) {
+		t.Errorf("names through the pod's other address: %v", got)
 	}
 }
 
@@ -56,11 +67,11 @@ func TestTTLFloorAndCap(t *testing.T) {
 	if got := s.Expire(t0.Add(30 * time.Second)); !slices.Equal(got, []netip.Addr{pod}) {
 		t.Errorf("at the floor, changed %v", got)
 	}
-	if s.View(all).Names(pod, web) != nil || s.View(all).Names(pod, web2) == nil {
+	if s.View(all, nil).Names(pod, web) != nil || s.View(all, nil).Names(pod, web2) == nil {
 		t.Error("the short answer should be gone, the long one kept")
 	}
 	s.Expire(t0.Add(time.Hour))
-	if s.View(all).Names(pod, web2) != nil || s.Stats().Entries != 0 {
+	if s.View(all, nil).Names(pod, web2) != nil || s.Stats().Entries != 0 {
 		t.Errorf("the long answer outlived the cap: %+v", s.Stats())
 	}
 }
@@ -75,7 +86,7 @@ func TestBounds(t *testing.T) {
 		t.Errorf("per pod: %+v, want 3 entries and 2 evicted", st)
 	}
 	// The soonest to expire went first.
-	v := s.View(all)
+	v := s.View(all, nil)
 	for i := range 5 {
 		if (v.Names(pod, addr(i)) != nil) != (i >= 2) {
 			t.Errorf("entry %d kept=%v", i, i < 2)
@@ -94,7 +105,7 @@ func TestRetain(t *testing.T) {
 	if gone := s.Retain(func(a netip.Addr) bool { return a == pod }); !slices.Equal(gone, []netip.Addr{pod2}) {
 		t.Errorf("Retain dropped %v", gone)
 	}
-	if v := s.View(all); v.Names(pod2, web) != nil || v.Names(pod, web) == nil {
+	if v := s.View(all, nil); v.Names(pod2, web) != nil || v.Names(pod, web) == nil {
 		t.Error("Retain kept the wrong pod")
 	}
 }
