@@ -26,6 +26,8 @@ type Machine struct {
 	Start, End time.Time
 	// Load holds the one-minute load averages sampled during the run.
 	Load []float64
+	// Code is the measured checkout (git describe --always --dirty).
+	Code string
 }
 
 // NewMachine describes the running machine and starts the run's clock.
@@ -75,7 +77,11 @@ func (m *Machine) Finish() {
 // Markdown is a short paragraph naming the machine, the date and the load.
 func (m *Machine) Markdown() string {
 	load := SpreadOf(m.Load)
-	return fmt.Sprintf("Machine: %d CPUs (nproc; %s), %.0f GiB, kernel %s; run %s–%s UTC (%s). "+
+	code := ""
+	if m.Code != "" {
+		code = fmt.Sprintf("Code: `%s`. ", m.Code)
+	}
+	return code + fmt.Sprintf("Machine: %d CPUs (nproc; %s), %.0f GiB, kernel %s; run %s–%s UTC (%s). "+
 		"One-minute load average during the run: median %.1f, %.1f–%.1f over %d samples "+
 		"(the machine is shared: other builds and tests ran at the same time).",
 		m.CPUs, m.CPUModel, m.MemGiB, m.Kernel,

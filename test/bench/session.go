@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,6 +60,9 @@ func StartSession(ctx context.Context, o SessionOptions) (*Session, error) {
 	var err error
 	if s.Root, err = RepoRoot(); err != nil {
 		return s, err
+	}
+	if out, err := exec.CommandContext(ctx, "git", "-C", s.Root, "describe", "--always", "--dirty").Output(); err == nil {
+		s.Machine.Code = strings.TrimSpace(string(out))
 	}
 	s.Out = o.Out
 	if s.Out == "" {
