@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -58,11 +59,11 @@ func main() {
 }
 
 type config struct {
-	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
-	settle, crdCheck                                               time.Duration
-	maxPolicySeries                                                int
-	dns                                                            resolved.Options
-	printVersion                                                   bool
+	kubeconfig, manifests, socket, framedSocket, nodeName, metricsAddr, logLevel string
+	settle, crdCheck                                                             time.Duration
+	maxPolicySeries                                                              int
+	dns                                                                          resolved.Options
+	printVersion                                                                 bool
 }
 
 func parseFlags(args []string) (config, error) {
@@ -71,6 +72,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when neither this nor --manifests is set")
 	fs.StringVar(&c.manifests, "manifests", "", "read objects from *.yaml, *.yml and *.json files in this directory instead of the Kubernetes API")
 	fs.StringVar(&c.socket, "socket", defaultSocket, "Unix socket to serve the gRPC API on (created with mode 0660)")
+	fs.StringVar(&c.framedSocket, "framed-socket", "", "Unix socket of the framed stream, DecideStream without gRPC for the queuer's hot path (default: decider-frames.sock beside --socket; \"none\" disables)")
 	fs.StringVar(&c.nodeName, "node-name", "", "this node's name: whose pods Watch reports (default $NODE_NAME, then the hostname)")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
@@ -91,6 +93,12 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.kubeconfig != "" && c.manifests != "" {
 		return c, errors.New("--kubeconfig and --manifests are mutually exclusive")
+	}
+	switch c.framedSocket {
+	case "":
+		c.framedSocket = filepath.Join(filepath.Dir(c.socket), "decider-frames.sock")
+	case "none":
+		c.framedSocket = ""
 	}
 	if c.nodeName == "" {
 		c.nodeName = os.Getenv("NODE_NAME")
@@ -144,8 +152,20 @@ func run(args []string) error {
 	g := srv.NewGRPCServer()
 	log.Info("decider starting", "version", version.Version, "socket", cfg.socket, "node", cfg.nodeName, "source", sourceName(cfg))
 
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	go func() { errs <- g.Serve(lis) }()
+	if cfg.framedSocket != "" {
+		flis, err := api.Listen(cfg.framedSocket)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(cfg.framedSocket)
+		go func() {
+			if err := srv.ServeFrames(flis); err != nil {
+				errs <- err
+			}
+		}()
+	}
 	if cfg.metricsAddr != "" {
 		go func() { errs <- serveMetrics(ctx, cfg.metricsAddr, reg, st) }()
 	}

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,7 @@ import (
 // options are the command-line flags.
 type options struct {
 	deciderSocket   string
+	framedSocket    string
 	failOpen        bool
 	queues          uint
 	firstQueue      uint
@@ -67,6 +69,7 @@ func parseFlags(args []string) (options, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.deciderSocket, "decider-socket", "/run/tollgate/decider.sock", "Unix socket of the decider")
+	fs.StringVar(&o.framedSocket, "decider-framed-socket", "", "the decider's framed-stream socket, used for verdicts when it accepts (default: decider-frames.sock beside --decider-socket; \"none\": gRPC DecideStream only)")
 	fs.BoolVar(&o.failOpen, "fail-open", true, "accept packets while no decider can be asked (else drop them, also across restarts)")
 	fs.UintVar(&o.queues, "queues", uint(runtime.NumCPU()), "number of NFQUEUE queues, fanned out across CPUs")
 	fs.UintVar(&o.firstQueue, "nfqueue-id", 100, "first NFQUEUE queue number")
@@ -115,6 +118,12 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("--check-interval must not be negative")
 	case o.logRate <= 0:
 		return o, errors.New("--log-decisions-rate must be positive")
+	}
+	switch o.framedSocket {
+	case "":
+		o.framedSocket = filepath.Join(filepath.Dir(o.deciderSocket), "decider-frames.sock")
+	case "none":
+		o.framedSocket = ""
 	}
 	if o.nodeName == "" {
 		o.nodeName = os.Getenv("NODE_NAME")
@@ -191,7 +200,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	dec, err := client.New(o.deciderSocket, client.Options{})
+	dec, err := client.New(o.deciderSocket, client.Options{FramedSocket: o.framedSocket})
 	if err != nil {
 		return err
 	}
