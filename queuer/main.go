@@ -26,6 +26,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tollgate/tollgate/internal/memlimit"
 	"github.com/tollgate/tollgate/internal/version"
 	"github.com/tollgate/tollgate/queuer/agent"
 	"github.com/tollgate/tollgate/queuer/cache"
@@ -59,6 +60,7 @@ type options struct {
 	logDecisions    decisionlog.Mode
 	logRate         float64
 	dnsQueue        uint
+	memory          memlimit.Setting
 }
 
 func parseFlags(args []string) (options, error) {
@@ -93,8 +95,13 @@ func parseFlags(args []string) (options, error) {
 		return err
 	})
 	fs.Float64Var(&o.logRate, "log-decisions-rate", decisionlog.DefaultRate, "decision log lines per second at most (bursts of twice that); the others are counted in a \"suppressed\" line")
+	memory := fs.String("memory-limit", "auto", memlimit.FlagUsage)
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	var err error
+	if o.memory, err = memlimit.Parse(*memory); err != nil {
+		return o, fmt.Errorf("--memory-limit: %w", err)
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -187,6 +194,7 @@ func run(ctx context.Context, o options) error {
 	if err := checkNotIPVS(); err != nil {
 		return err
 	}
+	memlimit.ApplyAndLog(o.memory)
 
 	dp, err := dataplane.New(dataplane.Config{
 		QueueMode:        o.queueMode,
