@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -130,9 +131,13 @@ func BenchmarkChangedIPs(b *testing.B) {
 }
 
 // BenchmarkCompile compares, at 10k pods / 10k policies, compiling from
-// scratch with a Compiler's compile after one NetworkPolicy changed (the
-// other objects are the same pointers, as informers hand them out), and
-// after one pod's labels changed.
+// scratch with a Compiler's compile after one small change: one
+// NetworkPolicy's rules changed, one NetworkPolicy added, one pod's labels
+// changed, one pod added, one namespace's labels changed. The objects the
+// change does not touch are the same pointers, as informers hand them out.
+// Each op alternates between the changed input and the original, so every
+// other op compiles the reverse change (the policy or pod deleted, the
+// labels changed back).
 func BenchmarkCompile(b *testing.B) {
 	sz := benchSizes[len(benchSizes)-1]
 	a := synthCluster(sz.pods, sz.policies)
@@ -141,14 +146,31 @@ func BenchmarkCompile(b *testing.B) {
 	np := a.NetworkPolicies[len(a.NetworkPolicies)/2].DeepCopy()
 	np.Spec.Ingress = np.Spec.Ingress[:1]
 	policyChanged.NetworkPolicies[len(a.NetworkPolicies)/2] = np
+	policyAdded := a
+	np = a.NetworkPolicies[len(a.NetworkPolicies)/3].DeepCopy()
+	np.Name += "-added"
+	policyAdded.NetworkPolicies = append(slices.Clone(a.NetworkPolicies), np)
 	podChanged := a
 	podChanged.Pods = slices.Clone(a.Pods)
 	p := a.Pods[len(a.Pods)/2].DeepCopy()
 	p.Labels = map[string]string{"app": "app-0"}
 	podChanged.Pods[len(a.Pods)/2] = p
+	podAdded := a
+	p = a.Pods[len(a.Pods)/3].DeepCopy()
+	p.Name += "-added"
+	p.Status.PodIP = "10.250.0.1"
+	p.Status.PodIPs = []corev1.PodIP{{IP: p.Status.PodIP}}
+	podAdded.Pods = append(slices.Clone(a.Pods), p)
+	nsRelabelled := a
+	nsRelabelled.Namespaces = slices.Clone(a.Namespaces)
+	ns := a.Namespaces[len(a.Namespaces)/2].DeepCopy()
+	ns.Labels = maps.Clone(ns.Labels)
+	ns.Labels["team"] = "team-relabelled"
+	nsRelabelled.Namespaces[len(a.Namespaces)/2] = ns
 
 	name := fmt.Sprintf("pods=%d/policies=%d", sz.pods, sz.policies)
 	b.Run(name+"/fresh", func(b *testing.B) {
+		b.ReportAllocs()
 		for b.Loop() {
 			Compile(a)
 		}
@@ -156,11 +178,16 @@ func BenchmarkCompile(b *testing.B) {
 	for _, tc := range []struct {
 		name string
 		next Input
-	}{{"one-policy-changed", policyChanged}, {"one-pod-changed", podChanged}} {
+	}{
+		{"one-policy-changed", policyChanged}, {"one-policy-added", policyAdded},
+		{"one-pod-changed", podChanged}, {"one-pod-added", podAdded},
+		{"one-namespace-relabelled", nsRelabelled},
+	} {
 		b.Run(name+"/"+tc.name, func(b *testing.B) {
 			var c Compiler
 			inputs := [2]Input{a, tc.next}
 			c.Compile(a)
+			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				c.Compile(inputs[(i+1)%2])
 			}
