@@ -133,11 +133,14 @@ func BenchmarkChangedIPs(b *testing.B) {
 // BenchmarkCompile compares, at 10k pods / 10k policies, compiling from
 // scratch with a Compiler's compile after one small change: one
 // NetworkPolicy's rules changed, one NetworkPolicy added, one pod's labels
-// changed, one pod added, one namespace's labels changed. The objects the
-// change does not touch are the same pointers, as informers hand them out.
-// Each op alternates between the changed input and the original, so every
-// other op compiles the reverse change (the policy or pod deleted, the
-// labels changed back).
+// changed, one pod added, one namespace given a label no policy selects on
+// (as bench-scale's relabel, which one policy selects on), and one
+// namespace's team changed (a label that 10% of the NetworkPolicies' peers
+// and 5% of the AdminNetworkPolicies' subjects select on, in every
+// namespace). The objects the change does not touch are the same pointers,
+// as informers hand them out. Each op alternates between the changed input
+// and the original, so every other op compiles the reverse change (the
+// policy or pod deleted, the labels changed back).
 func BenchmarkCompile(b *testing.B) {
 	sz := benchSizes[len(benchSizes)-1]
 	a := synthCluster(sz.pods, sz.policies)
@@ -161,12 +164,15 @@ func BenchmarkCompile(b *testing.B) {
 	p.Status.PodIP = "10.250.0.1"
 	p.Status.PodIPs = []corev1.PodIP{{IP: p.Status.PodIP}}
 	podAdded.Pods = append(slices.Clone(a.Pods), p)
-	nsRelabelled := a
-	nsRelabelled.Namespaces = slices.Clone(a.Namespaces)
-	ns := a.Namespaces[len(a.Namespaces)/2].DeepCopy()
-	ns.Labels = maps.Clone(ns.Labels)
-	ns.Labels["team"] = "team-relabelled"
-	nsRelabelled.Namespaces[len(a.Namespaces)/2] = ns
+	relabel := func(key, value string) Input {
+		in := a
+		in.Namespaces = slices.Clone(a.Namespaces)
+		ns := a.Namespaces[len(a.Namespaces)/2].DeepCopy()
+		ns.Labels = maps.Clone(ns.Labels)
+		ns.Labels[key] = value
+		in.Namespaces[len(a.Namespaces)/2] = ns
+		return in
+	}
 
 	name := fmt.Sprintf("pods=%d/policies=%d", sz.pods, sz.policies)
 	b.Run(name+"/fresh", func(b *testing.B) {
@@ -181,7 +187,8 @@ func BenchmarkCompile(b *testing.B) {
 	}{
 		{"one-policy-changed", policyChanged}, {"one-policy-added", policyAdded},
 		{"one-pod-changed", podChanged}, {"one-pod-added", podAdded},
-		{"one-namespace-relabelled", nsRelabelled},
+		{"one-namespace-relabelled", relabel("env", "staging")},
+		{"one-namespace-team-changed", relabel("team", "team-new")},
 	} {
 		b.Run(name+"/"+tc.name, func(b *testing.B) {
 			var c Compiler
