@@ -29,6 +29,7 @@ func (s *Snapshot) DecideIDs(t Tuple) (Decision, PolicyIDs) {
 // every stage visited.
 type walk struct {
 	id, passID uint32
+	ids        []uint32 // the snapshot's, by policy slot
 	trace      bool
 	steps      []Step
 }
@@ -47,6 +48,7 @@ func (s *Snapshot) decide(t Tuple, w *[2]walk) Decision {
 	var eg, in *walk
 	if w != nil {
 		eg, in = &w[Egress], &w[Ingress]
+		eg.ids, in.ids = s.ids, s.ids
 	}
 	if src != nil {
 		d.Egress = s.evaluate(Egress, src, endpoint{ip: t.Dst, pod: dst}, t, dst, eg)
