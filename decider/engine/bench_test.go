@@ -201,3 +201,58 @@ func BenchmarkCompile(b *testing.B) {
 		})
 	}
 }
+
+// deploymentCluster is synthCluster's namespaces and policies with pods
+// pods spread over its namespaces (100 at 10k pods and beyond) the way
+// Deployments place them, as bench-scale's cluster does: the pods of one
+// app in a namespace carry the same labels (app, role, and their
+// ReplicaSet's pod-template-hash), where synthCluster gives every pod a
+// pod-template-hash of its own.
+func deploymentCluster(pods, policies int) Input {
+	in := synthCluster(min(pods, 10000), policies)
+	in.Pods = make([]*corev1.Pod, pods)
+	nNS := len(in.Namespaces)
+	for i := range pods {
+		app := fmt.Sprintf("app-%d", (i/nNS)%10)
+		ip := cmpIP(i).String()
+		in.Pods[i] = &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: in.Namespaces[i%nNS].Name, Name: fmt.Sprintf("pod-%d", i),
+				Labels: map[string]string{"app": app, "role": "bg", "pod-template-hash": "rs-" + app}},
+			Spec: corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", i%100), Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{
+				{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP},
+				{Name: "metrics", ContainerPort: 9090, Protocol: corev1.ProtocolTCP},
+			}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+		}
+	}
+	return in
+}
+
+// BenchmarkSnapshotHeap compiles from scratch, at 10k policies, clusters of
+// 10k and 100k pods: synthCluster's (no two pods share their labels) and
+// deploymentCluster's (the pods of an app in a namespace do). It reports
+// the heap the snapshot holds (snapshot-MB, after a collection).
+func BenchmarkSnapshotHeap(b *testing.B) {
+	for _, shape := range []struct {
+		name  string
+		input func(pods, policies int) Input
+	}{{"synth", synthCluster}, {"deployments", deploymentCluster}} {
+		for _, pods := range []int{10000, 100000} {
+			b.Run(fmt.Sprintf("%s/pods=%d/policies=10000", shape.name, pods), func(b *testing.B) {
+				in := shape.input(pods, 10000)
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				snap := Compile(in)
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportAllocs()
+				for b.Loop() {
+					Compile(in)
+				}
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "snapshot-MB")
+				runtime.KeepAlive(snap)
+			})
+		}
+	}
+}
