@@ -405,8 +405,17 @@ func (c *compiler) nsSetFor(sel *selector) nsSet {
 		return e.set
 	}
 	b := c.namespaceSet(sel)
-	c.cc.nsSets[key] = nsSetEntry{sel, b}
+	c.cc.nsSets[key] = nsSetEntry{sel.clone(), b}
 	return b
+}
+
+// clone copies s, for keeping: callers build some selectors on the stack.
+func (s *selector) clone() *selector {
+	out := &selector{reqs: slices.Clone(s.reqs), none: s.none}
+	for i := range out.reqs {
+		out.reqs[i].values = slices.Clone(out.reqs[i].values)
+	}
+	return out
 }
 
 // nsSetOf is the set holding one namespace.

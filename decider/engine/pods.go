@@ -137,7 +137,7 @@ func (c *compiler) addPods(pods []*corev1.Pod, nps [][]*compiled, admin, baselin
 // on the first pod that carries it, and the others share its lists.
 func (c *compiler) compileNamespace(r *nsRecord) {
 	var firsts []*pod                     // the first pod of each label set
-	byHash := make(map[uint64][]*pod)     // firsts by labelsHash
+	byHash := make(map[uint64]*pod)       // a first pod by labelsHash
 	firstOf := make([]*pod, 0, len(r.in)) // by index in r.pods
 	for _, p := range r.in {
 		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
@@ -158,14 +158,21 @@ func (c *compiler) compileNamespace(r *nsRecord) {
 		}
 		r.pods = append(r.pods, pd)
 		h := labelsHash(p.Labels)
-		i := slices.IndexFunc(byHash[h], func(f *pod) bool { return maps.Equal(f.labels, p.Labels) })
-		if i < 0 {
-			firsts = append(firsts, pd)
-			byHash[h] = append(byHash[h], pd)
-			firstOf = append(firstOf, pd)
-		} else {
-			firstOf = append(firstOf, byHash[h][i])
+		f := byHash[h]
+		if f != nil && !maps.Equal(f.labels, pd.labels) { // two label sets, one hash
+			f = nil
+			if i := slices.IndexFunc(firsts, func(f *pod) bool { return maps.Equal(f.labels, pd.labels) }); i >= 0 {
+				f = firsts[i]
+			}
 		}
+		if f == nil {
+			f = pd
+			firsts = append(firsts, pd)
+			if byHash[h] == nil {
+				byHash[h] = pd
+			}
+		}
+		firstOf = append(firstOf, f)
 	}
 
 	// NetworkPolicies: a namespace with many label sets and several
