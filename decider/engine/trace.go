@@ -88,7 +88,7 @@ type Trace struct {
 // allocates; it is meant for tools that explain verdicts, not for the
 // packet path.
 func (s *Snapshot) Trace(t Tuple) Trace {
-	w := [2]walk{{trace: true}, {trace: true}}
+	w := [2]walk{{trace: true, ids: s.ids}, {trace: true, ids: s.ids}}
 	d := s.decide(t, &w)
 	return Trace{Decision: d, Egress: w[Egress].steps, Ingress: w[Ingress].steps}
 }
