@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -130,9 +131,16 @@ func BenchmarkChangedIPs(b *testing.B) {
 }
 
 // BenchmarkCompile compares, at 10k pods / 10k policies, compiling from
-// scratch with a Compiler's compile after one NetworkPolicy changed (the
-// other objects are the same pointers, as informers hand them out), and
-// after one pod's labels changed.
+// scratch with a Compiler's compile after one small change: one
+// NetworkPolicy's rules changed, one NetworkPolicy added, one pod's labels
+// changed, one pod added, one namespace given a label no policy selects on
+// (as bench-scale's relabel, which one policy selects on), and one
+// namespace's team changed (a label that 10% of the NetworkPolicies' peers
+// and 5% of the AdminNetworkPolicies' subjects select on, in every
+// namespace). The objects the change does not touch are the same pointers,
+// as informers hand them out. Each op alternates between the changed input
+// and the original, so every other op compiles the reverse change (the
+// policy or pod deleted, the labels changed back).
 func BenchmarkCompile(b *testing.B) {
 	sz := benchSizes[len(benchSizes)-1]
 	a := synthCluster(sz.pods, sz.policies)
@@ -141,14 +149,34 @@ func BenchmarkCompile(b *testing.B) {
 	np := a.NetworkPolicies[len(a.NetworkPolicies)/2].DeepCopy()
 	np.Spec.Ingress = np.Spec.Ingress[:1]
 	policyChanged.NetworkPolicies[len(a.NetworkPolicies)/2] = np
+	policyAdded := a
+	np = a.NetworkPolicies[len(a.NetworkPolicies)/3].DeepCopy()
+	np.Name += "-added"
+	policyAdded.NetworkPolicies = append(slices.Clone(a.NetworkPolicies), np)
 	podChanged := a
 	podChanged.Pods = slices.Clone(a.Pods)
 	p := a.Pods[len(a.Pods)/2].DeepCopy()
 	p.Labels = map[string]string{"app": "app-0"}
 	podChanged.Pods[len(a.Pods)/2] = p
+	podAdded := a
+	p = a.Pods[len(a.Pods)/3].DeepCopy()
+	p.Name += "-added"
+	p.Status.PodIP = "10.250.0.1"
+	p.Status.PodIPs = []corev1.PodIP{{IP: p.Status.PodIP}}
+	podAdded.Pods = append(slices.Clone(a.Pods), p)
+	relabel := func(key, value string) Input {
+		in := a
+		in.Namespaces = slices.Clone(a.Namespaces)
+		ns := a.Namespaces[len(a.Namespaces)/2].DeepCopy()
+		ns.Labels = maps.Clone(ns.Labels)
+		ns.Labels[key] = value
+		in.Namespaces[len(a.Namespaces)/2] = ns
+		return in
+	}
 
 	name := fmt.Sprintf("pods=%d/policies=%d", sz.pods, sz.policies)
 	b.Run(name+"/fresh", func(b *testing.B) {
+		b.ReportAllocs()
 		for b.Loop() {
 			Compile(a)
 		}
@@ -156,14 +184,75 @@ func BenchmarkCompile(b *testing.B) {
 	for _, tc := range []struct {
 		name string
 		next Input
-	}{{"one-policy-changed", policyChanged}, {"one-pod-changed", podChanged}} {
+	}{
+		{"one-policy-changed", policyChanged}, {"one-policy-added", policyAdded},
+		{"one-pod-changed", podChanged}, {"one-pod-added", podAdded},
+		{"one-namespace-relabelled", relabel("env", "staging")},
+		{"one-namespace-team-changed", relabel("team", "team-new")},
+	} {
 		b.Run(name+"/"+tc.name, func(b *testing.B) {
 			var c Compiler
 			inputs := [2]Input{a, tc.next}
 			c.Compile(a)
+			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				c.Compile(inputs[(i+1)%2])
 			}
 		})
+	}
+}
+
+// deploymentCluster is synthCluster's namespaces and policies with pods
+// pods spread over its namespaces (100 at 10k pods and beyond) the way
+// Deployments place them, as bench-scale's cluster does: the pods of one
+// app in a namespace carry the same labels (app, role, and their
+// ReplicaSet's pod-template-hash), where synthCluster gives every pod a
+// pod-template-hash of its own.
+func deploymentCluster(pods, policies int) Input {
+	in := synthCluster(min(pods, 10000), policies)
+	in.Pods = make([]*corev1.Pod, pods)
+	nNS := len(in.Namespaces)
+	for i := range pods {
+		app := fmt.Sprintf("app-%d", (i/nNS)%10)
+		ip := cmpIP(i).String()
+		in.Pods[i] = &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: in.Namespaces[i%nNS].Name, Name: fmt.Sprintf("pod-%d", i),
+				Labels: map[string]string{"app": app, "role": "bg", "pod-template-hash": "rs-" + app}},
+			Spec: corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", i%100), Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{
+				{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP},
+				{Name: "metrics", ContainerPort: 9090, Protocol: corev1.ProtocolTCP},
+			}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+		}
+	}
+	return in
+}
+
+// BenchmarkSnapshotHeap compiles from scratch, at 10k policies, clusters of
+// 10k and 100k pods: synthCluster's (no two pods share their labels) and
+// deploymentCluster's (the pods of an app in a namespace do). It reports
+// the heap the snapshot holds (snapshot-MB, after a collection).
+func BenchmarkSnapshotHeap(b *testing.B) {
+	for _, shape := range []struct {
+		name  string
+		input func(pods, policies int) Input
+	}{{"synth", synthCluster}, {"deployments", deploymentCluster}} {
+		for _, pods := range []int{10000, 100000} {
+			b.Run(fmt.Sprintf("%s/pods=%d/policies=10000", shape.name, pods), func(b *testing.B) {
+				in := shape.input(pods, 10000)
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				snap := Compile(in)
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportAllocs()
+				for b.Loop() {
+					Compile(in)
+				}
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "snapshot-MB")
+				runtime.KeepAlive(snap)
+			})
+		}
 	}
 }

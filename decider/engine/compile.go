@@ -30,23 +30,25 @@ const namespaceNameLabel = "kubernetes.io/metadata.name"
 
 // compiler holds the state of one Compile call.
 type compiler struct {
+	cc         *Compiler
 	snap       *Snapshot
 	namespaces []*namespace
 	nsByName   map[string]*namespace
-	podsByNS   [][]*pod // by namespace index
-	nsSets     map[string]nsSet
-	npRules    map[string]*npRule // interned NetworkPolicy rules by content
-	// prevNPs are the previous compile's NetworkPolicies, when they can be
-	// reused (the namespaces are the same); nextNPs collects this one's.
-	prevNPs, nextNPs map[*networkingv1.NetworkPolicy]*compiledNP
-}
-
-// sameNamespaces reports whether two compiles' namespaces have the same
-// names, order and labels, so that namespace bit sets carry over.
-func sameNamespaces(a, b []*namespace) bool {
-	return slices.EqualFunc(a, b, func(x, y *namespace) bool {
-		return x.name == y.name && maps.Equal(x.labels, y.labels)
-	})
+	// changedSets names the namespace sets (by selector key) that differ
+	// from the previous compile's because namespaces were relabelled.
+	changedSets map[string]bool
+	// deps collects the keys of the namespace sets that the policy being
+	// compiled uses.
+	deps []string
+	// nextNPs and nextCluster collect this compile's policies by API
+	// object, for the next compile; slots, the slot of every policy placed
+	// in the snapshot.
+	nextNPs     map[*networkingv1.NetworkPolicy]*compiled
+	nextCluster map[any]*compiled
+	slots       []uint32
+	// liveRules and liveSets count the rules and namespace sets (with
+	// repeats) this compile's policies use, for prune.
+	liveRules, liveSets int
 }
 
 // Compile turns API objects into a snapshot. It never fails: objects the
@@ -55,59 +57,77 @@ func sameNamespaces(a, b []*namespace) bool {
 func Compile(in Input) *Snapshot { return new(Compiler).Compile(in) }
 
 // Compiler compiles a sequence of inputs, each usually a small change of the
-// one before, reusing from one Compile to the next what the inputs share:
-// the compiled rules of every NetworkPolicy object that is the same pointer
-// as before (informers hand out unchanged objects that way), as long as the
-// namespaces and their labels did not change. Its snapshots are the same as
-// Compile's. A Compiler is not safe for concurrent use; the zero value is
+// one before, reusing from one Compile to the next what the inputs share.
+// Objects count as unchanged when they are the same pointer as before
+// (informers hand out unchanged objects that way). As long as the set of
+// namespace names stays the same, it reuses the compiled form of every
+// policy object it sees again whose namespace selectors still select the
+// same namespaces, and the compiled pods of every namespace whose labels,
+// pods, NetworkPolicies and applicable cluster-scoped policies are all the
+// ones it compiled before. Its snapshots are the same as Compile's, and
+// share the reused parts with the earlier snapshots, which stay valid. A
+// Compiler keeps pointers to the objects it compiled, to compare them with
+// the next input's. It is not safe for concurrent use; the zero value is
 // ready.
 type Compiler struct {
-	namespaces []*namespace // the previous input's, in index order
-	nps        map[*networkingv1.NetworkPolicy]*compiledNP
+	namespaces []*namespace          // the previous compile's, by index
+	nsSets     map[string]nsSetEntry // namespace sets over them, by selector key
+	npRules    map[string]*npRule    // NetworkPolicy rules, interned by content
+	// The compiled policies by API object: NetworkPolicies, and
+	// cluster-scoped policies of every kind.
+	nps      map[*networkingv1.NetworkPolicy]*compiled
+	cluster  map[any]*compiled
+	records  []*nsRecord // the compiled pods, by namespace index
+	nextSlot uint32      // slots below it have been handed out
+	free     []uint32    // slots below nextSlot the last snapshot does not use
 }
 
-// compiledNP is a NetworkPolicy's compiled form as a Compiler keeps it.
-type compiledNP struct {
-	policy   *netPolicy
-	subject  *selector
-	types    [2]bool
+// nsSetEntry is a compiled namespace selector and its set.
+type nsSetEntry struct {
+	sel *selector
+	set nsSet
+}
+
+// compiled is a policy object's compiled form as a Compiler keeps it.
+type compiled struct {
+	np      *netPolicy // a NetworkPolicy's rules
+	subject *selector  // a NetworkPolicy's podSelector
+	types   [2]bool    // the directions a NetworkPolicy isolates
+	// cluster is a cluster-scoped policy; nil when it is ignored.
+	cluster  *clusterPolicy
 	warnings []string
+	// deps are the keys of the namespace sets the policy uses.
+	deps []string
 }
 
 // Compile is Compile, reusing what in shares with the previous input.
 func (cc *Compiler) Compile(in Input) *Snapshot {
 	c := &compiler{
+		cc: cc,
 		snap: &Snapshot{
 			podByIP:   make(map[netip.Addr]*pod, len(in.Pods)),
 			nodesByIP: make(map[netip.Addr][]*node, len(in.Nodes)),
 		},
-		nsByName: make(map[string]*namespace, len(in.Namespaces)),
-		nsSets:   make(map[string]nsSet),
-		npRules:  make(map[string]*npRule),
-		nextNPs:  make(map[*networkingv1.NetworkPolicy]*compiledNP, len(in.NetworkPolicies)),
+		nsByName:    make(map[string]*namespace, len(in.Namespaces)),
+		nextNPs:     make(map[*networkingv1.NetworkPolicy]*compiled, len(in.NetworkPolicies)),
+		nextCluster: make(map[any]*compiled),
 	}
 	in = usable(in, c.warnf)
 	c.addNamespaces(in)
-	if sameNamespaces(cc.namespaces, c.namespaces) {
-		c.prevNPs = cc.nps
-	}
 	c.addNodes(in.Nodes)
-	c.addPods(in.Pods)
-	c.addClusterPolicies(in)
-	c.addNetworkPolicies(in.NetworkPolicies)
-	cc.namespaces, cc.nps = c.namespaces, c.nextNPs
+	admin, baseline := c.addClusterPolicies(in)
+	nps := c.addNetworkPolicies(in.NetworkPolicies)
+	records := c.addPods(in.Pods, nps, admin, baseline)
+	c.numberPolicies(records)
+	cc.namespaces, cc.nps, cc.cluster, cc.records = c.namespaces, c.nextNPs, c.nextCluster, records
+	cc.freeSlots(c.slots)
+	cc.prune(c.liveRules, c.liveSets)
 
 	s := c.snap
 	s.namespaces = c.namespaces
 	s.stats.Pods = len(s.pods)
 	s.stats.Namespaces = len(c.namespaces)
 	s.stats.Nodes = len(in.Nodes)
-	for _, p := range s.pods {
-		if p.selected() {
-			s.stats.SelectedPods++
-		}
-	}
-	s.numberPolicies()
 	slices.Sort(s.warnings)
 	s.warnings = slices.Compact(s.warnings)
 	return s
@@ -119,20 +139,24 @@ func (c *compiler) warnf(format string, args ...any) {
 
 // addNamespaces indexes the declared namespaces and any namespace that a pod
 // or NetworkPolicy lives in without a Namespace object (labelled only with
-// its name, as the apiserver would).
+// its name, as the apiserver would). When the names are the previous
+// compile's, it keeps the previous namespace objects whose labels did not
+// change, and works out which namespace sets the others change; otherwise
+// nothing of the previous compile can be reused.
 func (c *compiler) addNamespaces(in Input) {
-	add := func(name string, labels map[string]string) {
-		if name == "" || c.nsByName[name] != nil {
+	labels := make(map[string]map[string]string, len(in.Namespaces))
+	var names []string
+	add := func(name string, ls map[string]string) {
+		if _, ok := labels[name]; ok || name == "" {
 			return
 		}
-		l := make(map[string]string, len(labels)+1)
-		for k, v := range labels {
+		l := make(map[string]string, len(ls)+1)
+		for k, v := range ls {
 			l[k] = v
 		}
 		l[namespaceNameLabel] = name
-		ns := &namespace{name: name, labels: l}
-		c.nsByName[name] = ns
-		c.namespaces = append(c.namespaces, ns)
+		labels[name] = l
+		names = append(names, name)
 	}
 	for _, ns := range in.Namespaces {
 		add(ns.Name, ns.Labels)
@@ -143,11 +167,175 @@ func (c *compiler) addNamespaces(in Input) {
 	for _, np := range in.NetworkPolicies {
 		add(np.Namespace, nil)
 	}
-	slices.SortFunc(c.namespaces, func(a, b *namespace) int { return strings.Compare(a.name, b.name) })
-	for i, ns := range c.namespaces {
-		ns.index = i
+	slices.Sort(names)
+	cc := c.cc
+	if !slices.EqualFunc(names, cc.namespaces, func(n string, ns *namespace) bool { return n == ns.name }) {
+		*cc = Compiler{}
 	}
-	c.podsByNS = make([][]*pod, len(c.namespaces))
+	if cc.nsSets == nil {
+		cc.nsSets = make(map[string]nsSetEntry)
+		cc.npRules = make(map[string]*npRule)
+	}
+	relabelled := false
+	c.namespaces = make([]*namespace, len(names))
+	for i, name := range names {
+		ns := &namespace{name: name, index: i, labels: labels[name]}
+		if i < len(cc.namespaces) {
+			if maps.Equal(cc.namespaces[i].labels, ns.labels) {
+				ns = cc.namespaces[i]
+			} else {
+				relabelled = true
+			}
+		}
+		c.namespaces[i] = ns
+		c.nsByName[name] = ns
+	}
+	if relabelled {
+		c.relabelled()
+	}
+}
+
+// relabelled recomputes the namespace sets after some namespaces' labels
+// changed, and keeps interned only the rules of policies that use none of
+// the sets that changed.
+func (c *compiler) relabelled() {
+	cc := c.cc
+	c.changedSets = make(map[string]bool)
+	for key, e := range cc.nsSets {
+		if set := c.namespaceSet(e.sel); !slices.Equal(set, e.set) {
+			c.changedSets[key] = true
+			cc.nsSets[key] = nsSetEntry{e.sel, set}
+		}
+	}
+	if len(c.changedSets) == 0 {
+		return
+	}
+	clear(cc.npRules)
+	for _, p := range cc.nps {
+		if !c.changed(p.deps) {
+			p.np.intern(cc.npRules)
+		}
+	}
+}
+
+// changed reports whether one of the namespace sets deps changed.
+func (c *compiler) changed(deps []string) bool {
+	if len(c.changedSets) == 0 {
+		return false
+	}
+	for _, key := range deps {
+		if c.changedSets[key] {
+			return true
+		}
+	}
+	return false
+}
+
+// intern adds p's rules to the table of interned rules, where their content
+// is not there yet.
+func (p *netPolicy) intern(rules map[string]*npRule) {
+	for d := range 2 {
+		for _, r := range p.rules[d] {
+			if rules[r.key] == nil {
+				rules[r.key] = r
+			}
+		}
+	}
+}
+
+// compilePolicy returns obj's compiled form: the previous compile's (from
+// prev) when it can be reused, else what compile makes. It records it in
+// next. An object met twice in one input is compiled again the second
+// time, as Compile would.
+func compilePolicy[T comparable](c *compiler, prev, next map[T]*compiled, obj T, compile func(*compiled)) *compiled {
+	_, twice := next[obj]
+	p := prev[obj]
+	if p != nil && !twice && !c.changed(p.deps) {
+		c.snap.warnings = append(c.snap.warnings, p.warnings...)
+	} else {
+		w0 := len(c.snap.warnings)
+		c.deps = c.deps[:0]
+		p = &compiled{}
+		compile(p)
+		p.warnings = slices.Clone(c.snap.warnings[w0:])
+		slices.Sort(c.deps)
+		p.deps = slices.Clone(slices.Compact(c.deps))
+		if p.np != nil {
+			p.np.slot = c.cc.slot()
+		}
+		if p.cluster != nil {
+			p.cluster.slot = c.cc.slot()
+		}
+	}
+	if !twice {
+		next[obj] = p
+	}
+	switch {
+	case p.np != nil:
+		c.slots = append(c.slots, p.np.slot)
+		c.liveRules += len(p.np.rules[Egress]) + len(p.np.rules[Ingress])
+	case p.cluster != nil:
+		c.slots = append(c.slots, p.cluster.slot)
+	}
+	c.liveSets += len(p.deps)
+	return p
+}
+
+// clusterPolicy compiles a cluster-scoped policy, or reuses it.
+func (c *compiler) clusterPolicy(obj any, compile func() *clusterPolicy) *clusterPolicy {
+	return compilePolicy(c, c.cc.cluster, c.nextCluster, obj, func(out *compiled) { out.cluster = compile() }).cluster
+}
+
+// slot hands out a slot for a new policy object.
+func (cc *Compiler) slot() uint32 {
+	if n := len(cc.free); n > 0 {
+		s := cc.free[n-1]
+		cc.free = cc.free[:n-1]
+		return s
+	}
+	cc.nextSlot++
+	return cc.nextSlot - 1
+}
+
+// freeSlots makes every slot that used does not list free for the next
+// compile: the snapshot just made does not use it.
+func (cc *Compiler) freeSlots(used []uint32) {
+	inUse := make([]bool, cc.nextSlot)
+	for _, s := range used {
+		inUse[s] = true
+	}
+	cc.free = cc.free[:0]
+	for s, ok := range inUse {
+		if !ok {
+			cc.free = append(cc.free, uint32(s))
+		}
+	}
+}
+
+// prune drops the interned rules and namespace sets that no policy of the
+// last compile uses, once they outnumber the rules and sets (counted with
+// repeats) the policies use. It prunes both tables or neither, so that the
+// namespace sets of every interned rule stay in nsSets, where relabelled
+// finds them when they change.
+func (cc *Compiler) prune(rules, sets int) {
+	if len(cc.npRules) <= 2*rules+1024 && len(cc.nsSets) <= 2*sets+1024 {
+		return
+	}
+	cc.npRules = make(map[string]*npRule, rules)
+	kept := make(map[string]nsSetEntry, sets)
+	keep := func(p *compiled) {
+		for _, key := range p.deps {
+			kept[key] = cc.nsSets[key]
+		}
+	}
+	for _, p := range cc.nps {
+		p.np.intern(cc.npRules)
+		keep(p)
+	}
+	for _, p := range cc.cluster {
+		keep(p)
+	}
+	cc.nsSets = kept
 }
 
 func (c *compiler) addNodes(nodes []*corev1.Node) {
@@ -168,55 +356,6 @@ func (c *compiler) addNodes(nodes []*corev1.Node) {
 			}
 		}
 	}
-}
-
-// addPods indexes the pods that take part in policy: not host-network (their
-// IP is the node's), not finished (Succeeded and Failed pods' IPs are reused),
-// and with an IP. Terminating pods still count until they are gone.
-func (c *compiler) addPods(pods []*corev1.Pod) {
-	sorted := slices.Clone(pods)
-	slices.SortFunc(sorted, func(a, b *corev1.Pod) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
-	for _, p := range sorted {
-		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			continue
-		}
-		ips := podIPs(p)
-		if len(ips) == 0 {
-			continue
-		}
-		pd := &pod{
-			ref:    PodRef{Namespace: p.Namespace, Name: p.Name},
-			labels: p.Labels,
-			ns:     c.nsByName[p.Namespace],
-			node:   p.Spec.NodeName,
-			ips:    ips,
-			ports:  containerPorts(p),
-		}
-		c.snap.pods = append(c.snap.pods, pd)
-		c.podsByNS[pd.ns.index] = append(c.podsByNS[pd.ns.index], pd)
-		for _, ip := range ips {
-			old := c.snap.podByIP[ip]
-			if old == nil {
-				c.snap.podByIP[ip] = pd
-				continue
-			}
-			// Two live pods claim one IP: one of them is stale. Prefer the
-			// one that is not terminating; otherwise the first by name.
-			c.warnf("pods %s/%s and %s/%s both have IP %s", old.ref.Namespace, old.ref.Name, pd.ref.Namespace, pd.ref.Name, ip)
-			if terminating(sorted, old.ref) && p.DeletionTimestamp == nil {
-				c.snap.podByIP[ip] = pd
-			}
-		}
-	}
-}
-
-func terminating(pods []*corev1.Pod, ref PodRef) bool {
-	i, ok := slices.BinarySearchFunc(pods, ref, func(p *corev1.Pod, r PodRef) int {
-		return cmp.Or(strings.Compare(p.Namespace, r.Namespace), strings.Compare(p.Name, r.Name))
-	})
-	return ok && pods[i].DeletionTimestamp != nil
 }
 
 func podIPs(p *corev1.Pod) []netip.Addr {
@@ -257,15 +396,26 @@ func containerPorts(p *corev1.Pod) []containerPort {
 }
 
 // nsSetFor compiles a namespace selector into a set over the snapshot's
-// namespaces, sharing identical sets.
+// namespaces, sharing identical sets, and records it among the sets the
+// policy being compiled uses.
 func (c *compiler) nsSetFor(sel *selector) nsSet {
 	key := sel.key()
-	if b, ok := c.nsSets[key]; ok {
-		return b
+	c.deps = append(c.deps, key)
+	if e, ok := c.cc.nsSets[key]; ok {
+		return e.set
 	}
 	b := c.namespaceSet(sel)
-	c.nsSets[key] = b
+	c.cc.nsSets[key] = nsSetEntry{sel.clone(), b}
 	return b
+}
+
+// clone copies s, for keeping: callers build some selectors on the stack.
+func (s *selector) clone() *selector {
+	out := &selector{reqs: slices.Clone(s.reqs), none: s.none}
+	for i := range out.reqs {
+		out.reqs[i].values = slices.Clone(out.reqs[i].values)
+	}
+	return out
 }
 
 // nsSetOf is the set holding one namespace.
@@ -320,16 +470,17 @@ func (ps portSet) key(b *strings.Builder) {
 
 // ---- cluster-scoped policies ----------------------------------------------
 
-func (c *compiler) addClusterPolicies(in Input) {
-	var admin, baseline []*clusterPolicy
+// addClusterPolicies compiles the cluster-scoped policies and returns them
+// by stage, each in evaluation order.
+func (c *compiler) addClusterPolicies(in Input) (admin, baseline []*clusterPolicy) {
 	for _, p := range in.AdminNetworkPolicies {
-		cp := c.compileANP(p)
+		cp := c.clusterPolicy(p, func() *clusterPolicy { return c.compileANP(p) })
 		admin = append(admin, cp)
 		c.snap.stats.AdminNetworkPolicies++
 	}
 	for _, p := range in.ClusterNetworkPolicies {
-		cp, ok := c.compileCNP(p)
-		if !ok {
+		cp := c.clusterPolicy(p, func() *clusterPolicy { return c.compileCNP(p) })
+		if cp == nil {
 			continue
 		}
 		c.snap.stats.ClusterNetworkPolicies++
@@ -345,7 +496,7 @@ func (c *compiler) addClusterPolicies(in Input) {
 			c.warnf("BaselineAdminNetworkPolicy %s: only the singleton named \"default\" is honoured; ignored", p.Name)
 			continue
 		}
-		banp = append(banp, c.compileBANP(p))
+		banp = append(banp, c.clusterPolicy(p, func() *clusterPolicy { return c.compileBANP(p) }))
 		c.snap.stats.BaselineAdminNetworkPolicies++
 	}
 	// Admin tier: ascending priority. Equal priorities are undefined
@@ -359,39 +510,16 @@ func (c *compiler) addClusterPolicies(in Input) {
 	// The baseline tier: ClusterNetworkPolicy Baseline by priority, then the
 	// BaselineAdminNetworkPolicy.
 	baseline = append(baseline, banp...)
-
-	for _, cp := range admin {
-		c.attach(cp, func(p *pod, d Direction) { p.admin[d] = append(p.admin[d], cp) })
+	for _, cp := range slices.Concat(admin, baseline) {
+		c.snap.stats.Rules += len(cp.rules[Egress]) + len(cp.rules[Ingress])
 	}
-	for _, cp := range baseline {
-		c.attach(cp, func(p *pod, d Direction) { p.baseline[d] = append(p.baseline[d], cp) })
-	}
+	return admin, baseline
 }
 
-// attach calls add for every pod the policy's subject selects, for each
-// direction in which the policy has rules.
-func (c *compiler) attach(cp *clusterPolicy, add func(*pod, Direction)) {
-	for d := range 2 {
-		c.snap.stats.Rules += len(cp.rules[d])
-	}
-	if len(cp.rules[Egress]) == 0 && len(cp.rules[Ingress]) == 0 {
-		return
-	}
-	for i, ns := range c.namespaces {
-		if !cp.subject.ns.has(ns.index) {
-			continue
-		}
-		for _, p := range c.podsByNS[i] {
-			if cp.subject.pods != nil && !cp.subject.pods.matches(p.labels) {
-				continue
-			}
-			for d := Egress; d <= Ingress; d++ {
-				if len(cp.rules[d]) > 0 {
-					add(p, d)
-				}
-			}
-		}
-	}
+// appliesTo reports whether the policy can select pods of ns: it has rules
+// and its subject takes in the namespace.
+func (cp *clusterPolicy) appliesTo(ns *namespace) bool {
+	return (len(cp.rules[Egress]) > 0 || len(cp.rules[Ingress]) > 0) && cp.subject.ns.has(ns.index)
 }
 
 func (c *compiler) compileSubject(ref PolicyRef, nsSel *metav1.LabelSelector, pods *v1alpha1.NamespacedPod) (subject, bool) {
@@ -468,7 +596,8 @@ func (c *compiler) compileBANP(p *v1alpha1.BaselineAdminNetworkPolicy) *clusterP
 	return cp
 }
 
-func (c *compiler) compileCNP(p *v1alpha2.ClusterNetworkPolicy) (*clusterPolicy, bool) {
+// compileCNP compiles a ClusterNetworkPolicy; nil means it is ignored.
+func (c *compiler) compileCNP(p *v1alpha2.ClusterNetworkPolicy) *clusterPolicy {
 	ref := PolicyRef{Kind: KindClusterNetworkPolicy, Name: p.Name}
 	cp := &clusterPolicy{ref: ref, priority: p.Spec.Priority}
 	switch p.Spec.Tier {
@@ -478,7 +607,7 @@ func (c *compiler) compileCNP(p *v1alpha2.ClusterNetworkPolicy) (*clusterPolicy,
 		cp.tier = TierClusterNetworkPolicyBaseline
 	default:
 		c.warnf("%s: unknown tier %q; policy ignored", ref, p.Spec.Tier)
-		return nil, false
+		return nil
 	}
 	var pods *v1alpha1.NamespacedPod
 	if sp := p.Spec.Subject.Pods; sp != nil {
@@ -486,7 +615,7 @@ func (c *compiler) compileCNP(p *v1alpha2.ClusterNetworkPolicy) (*clusterPolicy,
 	}
 	sub, ok := c.compileSubject(ref, p.Spec.Subject.Namespaces, pods)
 	if !ok {
-		return cp, true
+		return cp
 	}
 	cp.subject = sub
 	for i, r := range p.Spec.Ingress {
@@ -507,7 +636,7 @@ func (c *compiler) compileCNP(p *v1alpha2.ClusterNetworkPolicy) (*clusterPolicy,
 		}
 		cp.rules[Egress] = append(cp.rules[Egress], c.clusterRule(ref, Egress, i, r.Name, cnpAction(r.Action), peers, c.cnpPorts(ref, r.Protocols)))
 	}
-	return cp, true
+	return cp
 }
 
 func cnpPods(p *v1alpha2.NamespacedPod) *v1alpha1.NamespacedPod {
@@ -765,104 +894,39 @@ func (c *compiler) cnpPorts(ref PolicyRef, protos []v1alpha2.ClusterNetworkPolic
 
 // ---- NetworkPolicy ----------------------------------------------------------
 
-func (c *compiler) addNetworkPolicies(nps []*networkingv1.NetworkPolicy) {
-	sorted := slices.Clone(nps)
-	slices.SortFunc(sorted, func(a, b *networkingv1.NetworkPolicy) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
-	// Namespaces with many pods and several policies get a label index, so
-	// that a policy's podSelector looks only at pods that can match.
-	perNS := make([]int, len(c.namespaces))
-	for _, np := range sorted {
-		perNS[c.nsByName[np.Namespace].index]++
-	}
-	indexes := make([]labelIndex, len(c.namespaces))
-	for _, np := range sorted {
-		c.snap.stats.NetworkPolicies++
-		cp := c.reuseNetworkPolicy(np)
-		if cp == nil {
-			cp = c.compileNetworkPolicy(np)
-		}
-		c.nextNPs[np] = cp
-		p, types := cp.policy, cp.types
-		c.snap.stats.Rules += len(p.rules[Ingress]) + len(p.rules[Egress])
-		ns := c.nsByName[np.Namespace].index
-		pods := c.podsByNS[ns]
-		if indexes[ns] == nil && perNS[ns] >= 4 && len(pods) >= 32 {
-			indexes[ns] = newLabelIndex(pods)
-		}
-		indexes[ns].forEachMatch(pods, cp.subject, func(pd *pod) {
-			for d := Egress; d <= Ingress; d++ {
-				if types[d] {
-					pd.np[d] = append(pd.np[d], p)
-				}
-			}
-		})
-	}
-	// Flatten each pod's rules, keeping the first of identical rules.
-	seen := make(map[*npRule]bool)
-	var scratch []npRuleRef
-	for _, pd := range c.snap.pods {
-		for d := range 2 {
-			clear(seen)
-			scratch = scratch[:0]
-			for _, p := range pd.np[d] {
-				for i, r := range p.rules[d] {
-					if !seen[r] {
-						seen[r] = true
-						scratch = append(scratch, npRuleRef{rule: r, policy: p, index: i})
-					}
-				}
-			}
-			if len(scratch) > 0 {
-				pd.npRules[d] = slices.Clone(scratch) // one allocation of the final size
-			}
+// addNetworkPolicies compiles the NetworkPolicies and returns them by
+// namespace index, each namespace's by name.
+func (c *compiler) addNetworkPolicies(nps []*networkingv1.NetworkPolicy) [][]*compiled {
+	byNS := byNamespace(c, nps, func(int) []*networkingv1.NetworkPolicy { return nil })
+	out := make([][]*compiled, len(byNS))
+	for i, objs := range byNS {
+		out[i] = make([]*compiled, len(objs))
+		for j, np := range objs {
+			p := compilePolicy(c, c.cc.nps, c.nextNPs, np, func(out *compiled) { c.compileNetworkPolicy(np, out) })
+			out[i][j] = p
+			c.snap.stats.NetworkPolicies++
+			c.snap.stats.Rules += len(p.np.rules[Ingress]) + len(p.np.rules[Egress])
 		}
 	}
+	return out
 }
 
-// compileNetworkPolicy compiles np's rules and subject selector.
-func (c *compiler) compileNetworkPolicy(np *networkingv1.NetworkPolicy) *compiledNP {
-	w0 := len(c.snap.warnings)
+// compileNetworkPolicy compiles np's rules and subject selector into out.
+func (c *compiler) compileNetworkPolicy(np *networkingv1.NetworkPolicy, out *compiled) {
 	ref := PolicyRef{Kind: KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}
-	cp := &compiledNP{policy: &netPolicy{ref: ref}, types: policyTypes(np)}
-	p := cp.policy
-	if cp.types[Ingress] {
+	out.np, out.types = &netPolicy{ref: ref}, policyTypes(np)
+	p := out.np
+	if out.types[Ingress] {
 		for _, r := range np.Spec.Ingress {
 			p.rules[Ingress] = append(p.rules[Ingress], c.npRule(ref, np.Namespace, r.From, r.Ports))
 		}
 	}
-	if cp.types[Egress] {
+	if out.types[Egress] {
 		for _, r := range np.Spec.Egress {
 			p.rules[Egress] = append(p.rules[Egress], c.npRule(ref, np.Namespace, r.To, r.Ports))
 		}
 	}
-	cp.subject = c.selector(ref, "podSelector", &np.Spec.PodSelector)
-	cp.warnings = slices.Clone(c.snap.warnings[w0:])
-	return cp
-}
-
-// reuseNetworkPolicy returns np as the previous compile left it, its rules
-// interned in this compile's table, or nil when np was not compiled then.
-func (c *compiler) reuseNetworkPolicy(np *networkingv1.NetworkPolicy) *compiledNP {
-	prev := c.prevNPs[np]
-	if prev == nil {
-		return nil
-	}
-	c.snap.warnings = append(c.snap.warnings, prev.warnings...)
-	p := &netPolicy{ref: prev.policy.ref}
-	for d := range 2 {
-		p.rules[d] = make([]*npRule, len(prev.policy.rules[d]))
-		for i, r := range prev.policy.rules[d] {
-			if shared := c.npRules[r.key]; shared != nil {
-				r = shared
-			} else {
-				c.npRules[r.key] = r
-			}
-			p.rules[d][i] = r
-		}
-	}
-	return &compiledNP{policy: p, subject: prev.subject, types: prev.types, warnings: prev.warnings}
+	out.subject = c.selector(ref, "podSelector", &np.Spec.PodSelector)
 }
 
 // policyTypes returns the directions a NetworkPolicy isolates, defaulting
@@ -948,10 +1012,10 @@ func (c *compiler) npRule(ref PolicyRef, policyNS string, peers []networkingv1.N
 		}
 	}
 	r.key = key.String()
-	if shared := c.npRules[r.key]; shared != nil {
+	if shared := c.cc.npRules[r.key]; shared != nil {
 		return shared
 	}
-	c.npRules[r.key] = &r
+	c.cc.npRules[r.key] = &r
 	return &r
 }
 

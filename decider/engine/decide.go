@@ -19,7 +19,7 @@ type PolicyIDs struct {
 // DecideIDs is Decide, also returning the ids of the deciding and passing
 // policies. It does not allocate.
 func (s *Snapshot) DecideIDs(t Tuple) (Decision, PolicyIDs) {
-	var w [2]walk
+	w := [2]walk{{ids: s.ids}, {ids: s.ids}}
 	d := s.decide(t, &w)
 	return d, PolicyIDs{Policy: [2]uint32{w[Egress].id, w[Ingress].id}, Pass: [2]uint32{w[Egress].passID, w[Ingress].passID}}
 }
@@ -29,6 +29,7 @@ func (s *Snapshot) DecideIDs(t Tuple) (Decision, PolicyIDs) {
 // every stage visited.
 type walk struct {
 	id, passID uint32
+	ids        []uint32 // the snapshot's policy ids, by slot
 	trace      bool
 	steps      []Step
 }

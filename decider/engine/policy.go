@@ -5,8 +5,11 @@ import "net/netip"
 // clusterPolicy is a compiled AdminNetworkPolicy, BaselineAdminNetworkPolicy
 // or ClusterNetworkPolicy: the cluster-scoped kinds share one shape.
 type clusterPolicy struct {
-	ref      PolicyRef
-	id       uint32 // see Explanation.PolicyID
+	ref PolicyRef
+	// slot indexes the ids of a snapshot (see PolicyIDs). It stays with
+	// the object, which a Compiler hands on to later snapshots, each with
+	// its own ids.
+	slot     uint32
 	tier     Tier
 	priority int32
 	subject  subject
@@ -55,7 +58,7 @@ type clusterPeer struct {
 // netPolicy is a compiled NetworkPolicy.
 type netPolicy struct {
 	ref   PolicyRef
-	id    uint32       // see Explanation.PolicyID
+	slot  uint32       // see clusterPolicy.slot
 	rules [2][]*npRule // per Direction; identical rules are shared
 }
 

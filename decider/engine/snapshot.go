@@ -13,6 +13,7 @@ type Snapshot struct {
 	nodesByIP  map[netip.Addr][]*node
 	namespaces []*namespace
 	policies   []PolicyInfo // by id - 1; see numberPolicies
+	ids        []uint32     // policy ids by slot (clusterPolicy.slot)
 	warnings   []string
 	stats      Stats
 }
@@ -36,6 +37,8 @@ type pod struct {
 	node   string
 	ips    []netip.Addr
 	ports  []containerPort
+	// terminating is set for a pod being deleted.
+	terminating bool
 	// admin and baseline hold the cluster-scoped policies whose subject
 	// selects the pod, in evaluation order, per direction (Egress, Ingress).
 	admin    [2][]*clusterPolicy

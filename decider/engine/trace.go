@@ -1,9 +1,7 @@
 package engine
 
 import (
-	"cmp"
 	"slices"
-	"strings"
 )
 
 // Stage is one step of the evaluation of a direction. The admin stage holds
@@ -90,7 +88,7 @@ type Trace struct {
 // allocates; it is meant for tools that explain verdicts, not for the
 // packet path.
 func (s *Snapshot) Trace(t Tuple) Trace {
-	w := [2]walk{{trace: true}, {trace: true}}
+	w := [2]walk{{trace: true, ids: s.ids}, {trace: true, ids: s.ids}}
 	d := s.decide(t, &w)
 	return Trace{Decision: d, Egress: w[Egress].steps, Ingress: w[Ingress].steps}
 }
@@ -100,9 +98,9 @@ func (s *Snapshot) Trace(t Tuple) Trace {
 func (w *walk) clusterStep(stage Stage, policies []*clusterPolicy, p *clusterPolicy, r *clusterRule) {
 	if r != nil {
 		if r.action == ActionPass {
-			w.passID = p.id
+			w.passID = w.ids[p.slot]
 		} else {
-			w.id = p.id
+			w.id = w.ids[p.slot]
 		}
 	}
 	if !w.trace {
@@ -127,7 +125,7 @@ func (w *walk) clusterStep(stage Stage, policies []*clusterPolicy, p *clusterPol
 // by policy decider.
 func (w *walk) npStep(nps []*netPolicy, decider *netPolicy, e Explanation) {
 	if decider != nil {
-		w.id = decider.id
+		w.id = w.ids[decider.slot]
 	}
 	if !w.trace {
 		return
@@ -159,43 +157,3 @@ type PolicyInfo struct {
 // kind, namespace and name. The ids of DecideIDs index it: id n names
 // Policies()[n-1].
 func (s *Snapshot) Policies() []PolicyInfo { return slices.Clone(s.policies) }
-
-// numberPolicies gives every policy attached to a pod its id (see
-// PolicyIDs). Ids follow the order of kind, namespace and name, so that the
-// same policies get the same ids whatever the input order.
-func (s *Snapshot) numberPolicies() {
-	type numbered struct {
-		info PolicyInfo
-		id   *uint32
-	}
-	seen := map[*uint32]bool{}
-	var all []numbered
-	add := func(info PolicyInfo, id *uint32) {
-		if !seen[id] {
-			seen[id] = true
-			all = append(all, numbered{info, id})
-		}
-	}
-	for _, pd := range s.pods {
-		for d := range 2 {
-			for _, p := range pd.admin[d] {
-				add(PolicyInfo{p.ref, p.tier}, &p.id)
-			}
-			for _, p := range pd.baseline[d] {
-				add(PolicyInfo{p.ref, p.tier}, &p.id)
-			}
-			for _, p := range pd.np[d] {
-				add(PolicyInfo{p.ref, TierNetworkPolicy}, &p.id)
-			}
-		}
-	}
-	slices.SortFunc(all, func(a, b numbered) int {
-		return cmp.Or(strings.Compare(a.info.Ref.Kind, b.info.Ref.Kind), strings.Compare(a.info.Ref.Namespace, b.info.Ref.Namespace),
-			strings.Compare(a.info.Ref.Name, b.info.Ref.Name))
-	})
-	s.policies = make([]PolicyInfo, len(all))
-	for i, n := range all {
-		*n.id = uint32(i + 1)
-		s.policies[i] = n.info
-	}
-}

@@ -17,7 +17,10 @@ import (
 )
 
 // Input is everything the engine needs to know about a cluster. The engine
-// reads the objects during Compile and keeps no reference to them.
+// reads the objects and never modifies them; snapshots keep the label maps
+// of pods and nodes. A Compiler takes an object it was given before (the
+// same pointer) as unchanged, so callers replace an object that changes
+// rather than modify it, as informers do.
 type Input struct {
 	Pods                         []*corev1.Pod
 	Namespaces                   []*corev1.Namespace
