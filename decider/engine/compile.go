@@ -86,6 +86,7 @@ func (cc *Compiler) Compile(in Input) *Snapshot {
 		npRules:  make(map[string]*npRule),
 		nextNPs:  make(map[*networkingv1.NetworkPolicy]*compiledNP, len(in.NetworkPolicies)),
 	}
+	in = usable(in, c.warnf)
 	c.addNamespaces(in)
 	if sameNamespaces(cc.namespaces, c.namespaces) {
 		c.prevNPs = cc.nps

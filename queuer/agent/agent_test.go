@@ -403,6 +403,10 @@ func TestApplyWatch(t *testing.T) {
 	if g := value(t, a.metrics.generation); g != 1 {
 		t.Errorf("generation gauge = %v", g)
 	}
+	var h dto.Metric
+	if err := a.metrics.applyLatency.Write(&h); err != nil || h.GetHistogram().GetSampleCount() != 4 {
+		t.Errorf("tollgate_generation_apply_seconds observed %d applications (%v), want 4", h.GetHistogram().GetSampleCount(), err)
+	}
 }
 
 // TestApplyWatchDeciderRestartSameGeneration: a restarted decider may reach

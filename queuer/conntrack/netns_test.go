@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // Helpers for the root tests: network namespaces, commands inside them, and
@@ -24,13 +26,9 @@ import (
 // needRoot skips t unless it runs as root with the tools it needs.
 func needRoot(t testing.TB, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testenv.NeedRoot(t, "to create network namespaces")
 	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s: %v", tool, err)
-		}
+		testenv.LookPath(t, tool)
 	}
 }
 

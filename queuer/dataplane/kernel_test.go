@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // systemPath is PATH for commands the test itself runs inside namespaces.
@@ -31,17 +33,11 @@ type netnsEnv struct {
 // wrappers that run nft and the iptables-nft binaries inside it.
 func newNetnsEnv(t *testing.T) *netnsEnv {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testenv.NeedRoot(t, "to create network namespaces")
 	tools := map[string]string{}
 	for _, name := range []string{"ip", "nft", "iptables-nft", "ip6tables-nft",
 		"iptables-nft-restore", "ip6tables-nft-restore", "iptables-nft-save", "ip6tables-nft-save"} {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			t.Skipf("%s not installed: %v", name, err)
-		}
-		tools[name] = p
+		tools[name] = testenv.LookPath(t, name)
 	}
 	e := &netnsEnv{t: t, name: fmt.Sprintf("tg-dp-%x", rand.Uint32()), ip: tools["ip"]}
 	e.host("netns", "add", e.name)
@@ -267,7 +263,7 @@ func newTopology(t *testing.T, e *netnsEnv) *topology {
 		}
 	}
 	if socat == "" {
-		t.Skip("socat not installed: needed for the packet test")
+		testenv.Skip(t, "socat is not installed (make e2e-deps): needed for the packet test")
 	}
 	tp := &topology{e: e, podA: e.name + "-a", podB: e.name + "-b", ipA: "10.77.1.2", ipB: "10.77.2.2"}
 	for _, pod := range []struct{ ns, ip, veth string }{{tp.podA, tp.ipA, "tga"}, {tp.podB, tp.ipB, "tgb"}} {
