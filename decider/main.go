@@ -33,6 +33,7 @@ import (
 	"github.com/tollgate/tollgate/decider/api"
 	"github.com/tollgate/tollgate/decider/engine"
 	"github.com/tollgate/tollgate/decider/explain"
+	"github.com/tollgate/tollgate/decider/resolved"
 	"github.com/tollgate/tollgate/decider/source"
 	"github.com/tollgate/tollgate/decider/state"
 	"github.com/tollgate/tollgate/internal/version"
@@ -60,6 +61,7 @@ type config struct {
 	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
 	settle, crdCheck                                               time.Duration
 	maxPolicySeries                                                int
+	dns                                                            resolved.Options
 	printVersion                                                   bool
 }
 
@@ -75,6 +77,10 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.crdCheck, "crd-check-interval", source.DefaultCRDCheckInterval, "how often to ask discovery which network-policy-api kinds are served")
 	fs.IntVar(&c.maxPolicySeries, "metrics-max-policies", api.DefaultMaxPolicySeries,
 		"how many policies get their own series in the per-policy metrics; the verdicts and warnings of the others add up under policy=\""+api.OtherPolicy+"\"")
+	fs.DurationVar(&c.dns.MinTTL, "dns-min-ttl", resolved.DefaultMinTTL, "domainNames: keep a learned DNS answer at least this long, whatever its TTL")
+	fs.DurationVar(&c.dns.MaxTTL, "dns-max-ttl", resolved.DefaultMaxTTL, "domainNames: keep a learned DNS answer at most this long, whatever its TTL")
+	fs.IntVar(&c.dns.MaxPerPod, "dns-max-per-pod", resolved.DefaultMaxPerPod, "domainNames: learned (name, address) pairs kept per pod; past it the soonest to expire go")
+	fs.IntVar(&c.dns.MaxTotal, "dns-max-entries", resolved.DefaultMaxTotal, "domainNames: learned (pod, name, address) entries kept in all")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -125,7 +131,10 @@ func run(args []string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := api.NewMetrics(reg, cfg.maxPolicySeries)
 	st := state.New()
-	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics, Instance: newInstance()})
+	dnsStore := resolved.New(cfg.dns)
+	api.RegisterDNS(reg, func() (int, int, uint64) { s := dnsStore.Stats(); return s.Entries, s.Pods, s.Evicted })
+	keeper := resolved.NewKeeper(dnsStore, st, cfg.nodeName)
+	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics, Instance: newInstance(), DNS: keeper})
 
 	lis, err := api.Listen(cfg.socket)
 	if err != nil {
@@ -145,6 +154,7 @@ func run(args []string) error {
 			errs <- fmt.Errorf("source: %w", err)
 		}
 	}()
+	go keeper.Run(ctx, time.Second)
 	warned := map[string]bool{}
 	go st.Run(ctx, cfg.settle, src.HasSynced, func() engine.Input { return src.Input() }, func(v *state.View) {
 		stats := v.Snapshot.Stats()

@@ -56,6 +56,7 @@ type options struct {
 	showVersion     bool
 	logDecisions    decisionlog.Mode
 	logRate         float64
+	dnsQueue        uint
 }
 
 func parseFlags(args []string) (options, error) {
@@ -81,6 +82,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.decideTimeout, "decide-timeout", 250*time.Millisecond, "how long a packet waits for the decider; a connected decider that does not answer in time gets the packet dropped (it is retransmitted), one that is not connected gets the fail mode")
 	fs.BoolVar(&o.cutEstablished, "cut-established", true, "after each policy change, cut established connections of selected pods that policy now denies")
 	fs.DurationVar(&o.checkInterval, "check-interval", 2*time.Second, "how often the ruleset is checked and, if something removed or changed it, restored (0 disables)")
+	fs.UintVar(&o.dnsQueue, "dns-nfqueue-id", 0, "queue of the DNS answers learned for domainNames rules (default: the one after the verdict queues)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	o.logDecisions = decisionlog.ModeDeny
 	fs.Func("log-decisions", "decided connections to log on standard output as JSON lines: none, deny or all (default deny)", func(s string) (err error) {
@@ -99,6 +101,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--queues %d: want 1..65535", o.queues)
 	case o.firstQueue+o.queues-1 > 65535:
 		return o, fmt.Errorf("--nfqueue-id %d with --queues %d exceeds queue 65535", o.firstQueue, o.queues)
+	case o.dnsQueue > 65535:
+		return o, fmt.Errorf("--dns-nfqueue-id %d exceeds queue 65535", o.dnsQueue)
 	case o.queueMaxLen < 1 || o.queueMaxLen > 1<<31:
 		return o, fmt.Errorf("--queue-maxlen %d out of range", o.queueMaxLen)
 	case o.cacheSize < 1:
@@ -182,6 +186,7 @@ func run(ctx context.Context, o options) error {
 		FailOpen:         o.failOpen,
 		VerdictTTL:       o.kernelCacheTTL,
 		VerdictCacheSize: o.kernelCacheSize,
+		DNSQueue:         uint16(o.dnsQueue),
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
@@ -250,6 +255,17 @@ func run(ctx context.Context, o options) error {
 	wg.Go(func() { dec.Run(bg) })
 	wg.Go(func() { a.Run(bg) })
 	wg.Go(func() { decisions.Run(bg) })
+
+	// DNS answers for domainNames rules: their own queue, answered by
+	// HandleDNS, which never drops one.
+	wg.Go(func() {
+		err := nfq.Run(bg, nfq.Config{First: dp.DNSQueue(), Count: 1, Workers: 4,
+			OnError: func(queue uint16, err error) { slog.Warn("nfqueue error", "queue", queue, "err", err) },
+		}, a.HandleDNS)
+		if err != nil {
+			slog.Error("DNS answers cannot be read; domainNames rules match nothing new", "queue", dp.DNSQueue(), "err", err)
+		}
+	})
 
 	err = nfq.Run(ctx, nfq.Config{
 		First:        uint16(o.firstQueue),

@@ -55,6 +55,7 @@ func explanation(e engine.Explanation) *tollgatev1.Explanation {
 		Action:    actions[e.Action],
 		Verdict:   verdict(e.Allowed),
 		Reason:    Reason(e),
+		Domain:    e.Domain,
 	}
 	if e.Direction == engine.Egress {
 		out.Direction = tollgatev1.Direction_DIRECTION_EGRESS
@@ -89,6 +90,9 @@ func Reason(e engine.Explanation) string {
 	rule := fmt.Sprintf("rule %d", e.Rule)
 	if e.RuleName != "" {
 		rule += fmt.Sprintf(" %q", e.RuleName)
+	}
+	if e.Domain != "" {
+		rule += fmt.Sprintf(" (domain %s)", e.Domain)
 	}
 	return fmt.Sprintf("%s: %s %s %s%s", who, policyName(e.Policy), rule, verb, pass)
 }

@@ -25,6 +25,7 @@ type Metrics struct {
 	objects       *prometheus.GaugeVec
 	warnings      *prometheus.GaugeVec
 	verdicts      *verdictMetrics
+	dnsAnswers    *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg. The
@@ -64,10 +65,44 @@ func NewMetrics(reg prometheus.Registerer, maxPolicies int) *Metrics {
 			Help: "Warnings (fields skipped or reinterpreted) about each policy in the published snapshot; policies past the series limit add up under policy=\"" + OtherPolicy + "\".",
 		}, []string{"kind", "policy"}),
 		verdicts: newVerdictMetrics(maxPolicies),
+		dnsAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_decider_dns_answers_total",
+			Help: "DNS answers reported with Learn: result=learned (for a pod a domainNames rule governs) or ignored (any other pod).",
+		}, []string{"result"}),
 	}
 	reg.MustRegister(m.requests, m.streamQueries, m.latency, m.generation, m.buildSeconds, m.selectedPods, m.objects,
-		m.warnings, m.verdicts)
+		m.warnings, m.verdicts, m.dnsAnswers)
 	return m
+}
+
+// RegisterDNS exports what store holds: entries, pods and evictions.
+func RegisterDNS(reg prometheus.Registerer, stats func() (entries, pods int, evicted uint64)) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tollgate_decider_dns_entries",
+			Help: "Learned (pod, name, address) entries held for domainNames peers.",
+		}, func() float64 { e, _, _ := stats(); return float64(e) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tollgate_decider_dns_pods",
+			Help: "Pods with learned DNS answers.",
+		}, func() float64 { _, p, _ := stats(); return float64(p) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tollgate_decider_dns_evicted_total",
+			Help: "Learned entries dropped before they expired, to stay within the bounds (the soonest to expire go first).",
+		}, func() float64 { _, _, ev := stats(); return float64(ev) }),
+	)
+}
+
+// learned counts one Learn call.
+func (m *Metrics) learned(ok bool) {
+	if m == nil {
+		return
+	}
+	if ok {
+		m.dnsAnswers.WithLabelValues("learned").Inc()
+	} else {
+		m.dnsAnswers.WithLabelValues("ignored").Inc()
+	}
 }
 
 func (m *Metrics) request(method, outcome string) {

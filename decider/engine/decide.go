@@ -68,13 +68,15 @@ func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple,
 	// Admin tier: first matching rule of the policies in priority order.
 	// Allow and Deny are final; Pass skips the rest of the tier.
 	admin := subject.admin[dir]
-	p, r := s.firstMatch(admin, dir, peer, t, dstPod)
+	p, r, domain := s.firstMatch(admin, dir, peer, t, dstPod)
 	if w != nil {
 		w.clusterStep(StageAdmin, admin, p, r)
 	}
 	if r != nil {
 		if r.action != ActionPass {
-			return e.decided(p.tier, p.ref, r.index, r.name, r.action)
+			e = e.decided(p.tier, p.ref, r.index, r.name, r.action)
+			e.Domain = domain
+			return e
 		}
 		e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
 	}
@@ -105,13 +107,15 @@ func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple,
 
 	// Baseline tier. A Pass here leaves the decision to the default.
 	baseline := subject.baseline[dir]
-	p, r = s.firstMatch(baseline, dir, peer, t, dstPod)
+	p, r, domain = s.firstMatch(baseline, dir, peer, t, dstPod)
 	if w != nil {
 		w.clusterStep(StageBaseline, baseline, p, r)
 	}
 	if r != nil {
 		if r.action != ActionPass {
-			return e.decided(p.tier, p.ref, r.index, r.name, r.action)
+			e = e.decided(p.tier, p.ref, r.index, r.name, r.action)
+			e.Domain = domain
+			return e
 		}
 		e.Passed, e.PassPolicy, e.PassRule = true, p.ref, r.index
 	}
@@ -123,16 +127,18 @@ func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple,
 }
 
 // firstMatch returns the first rule, in policy order then rule order, that
-// matches the connection.
-func (s *Snapshot) firstMatch(policies []*clusterPolicy, dir Direction, peer endpoint, t Tuple, dstPod *pod) (*clusterPolicy, *clusterRule) {
+// matches the connection, and the domain name by which it matched (if a
+// domainNames peer did).
+func (s *Snapshot) firstMatch(policies []*clusterPolicy, dir Direction, peer endpoint, t Tuple, dstPod *pod) (*clusterPolicy, *clusterRule, string) {
 	for _, p := range policies {
 		for i := range p.rules[dir] {
-			if r := &p.rules[dir][i]; s.ruleMatches(r, peer, t, dstPod) {
-				return p, r
+			r := &p.rules[dir][i]
+			if ok, domain := s.ruleMatches(r, peer, t, dstPod); ok {
+				return p, r, domain
 			}
 		}
 	}
-	return nil, nil
+	return nil, nil, ""
 }
 
 func (e Explanation) decided(tier Tier, ref PolicyRef, rule int, name string, a Action) Explanation {
@@ -141,19 +147,28 @@ func (e Explanation) decided(tier Tier, ref PolicyRef, rule int, name string, a 
 	return e
 }
 
-func (s *Snapshot) ruleMatches(r *clusterRule, peer endpoint, t Tuple, dstPod *pod) bool {
+// ruleMatches reports whether r matches the connection and, for a
+// domainNames peer, the name by which it did.
+func (s *Snapshot) ruleMatches(r *clusterRule, peer endpoint, t Tuple, dstPod *pod) (bool, string) {
 	if r.all {
-		return true
+		return true, ""
 	}
 	if !r.ports.matches(t.Proto, t.DstPort, dstPod) {
-		return false
+		return false, ""
 	}
 	for i := range r.peers {
-		if s.peerMatches(&r.peers[i], peer) {
-			return true
+		p := &r.peers[i]
+		if p.kind == peerDomains {
+			if name, ok := matchDomain(p.domains, t.DNS, t.Src, peer.ip); ok {
+				return true, name
+			}
+			continue
+		}
+		if s.peerMatches(p, peer) {
+			return true, ""
 		}
 	}
-	return false
+	return false, ""
 }
 
 func (r *npRule) peerMatches(peer endpoint) bool {

@@ -163,7 +163,12 @@ func (s *Snapshot) clusterPeerView(p *clusterPeer) PeerView {
 		slices.Sort(v.Nodes)
 		return v
 	}
-	return PeerView{Kind: "unsupported", Description: "domainNames (not supported yet: matches nothing)"}
+	names := make([]string, len(p.domains))
+	for i, d := range p.domains {
+		names[i] = d.String()
+	}
+	return PeerView{Kind: "domainNames", Description: "domainNames " + strings.Join(names, ", ") +
+		" (the addresses the pod resolved them to, learned from its DNS answers)"}
 }
 
 // podsPeerView describes a peer of the pods of namespaces ns that pods

@@ -38,7 +38,7 @@ const (
 	peerPods peerKind = iota // namespaces or pods peers
 	peerNodes
 	peerNetworks
-	peerNothing // e.g. domainNames before DNS support: matches nothing
+	peerDomains // domainNames: matched against the source pod's DNS answers
 )
 
 // clusterPeer is one peer of a cluster-scoped rule.
@@ -48,6 +48,8 @@ type clusterPeer struct {
 	pods  *selector // peerPods; nil means every pod of ns
 	nodes *selector // peerNodes
 	nets  []netip.Prefix
+	// domains are the patterns of a peerDomains peer.
+	domains []domainPattern
 }
 
 // netPolicy is a compiled NetworkPolicy.

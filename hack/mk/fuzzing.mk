@@ -19,10 +19,10 @@
 # replay is slower than fuzzing, so a machine with a large cached corpus
 # spends a few seconds more and explores less.
 FUZZ_TARGETS := decider/engine:FuzzEngine:4000 decider/engine:FuzzChangedIPs:3000 \
-	decider/engine:FuzzCompilerReuse:1500 \
+	decider/engine:FuzzCompilerReuse:1500 decider/engine:FuzzDomainMatch:50000 \
 	decider/api:FuzzDecide:25000 decider/api:FuzzDecideRequest:25000 \
 	decider/source:FuzzLoad:1500 decider/source:FuzzLoadDir:1200 \
-	queuer/packet:FuzzParse:600000
+	queuer/packet:FuzzParse:600000 queuer/dns:FuzzParseAnswer:250000
 FUZZTIME     ?= 2m
 
 .PHONY: fuzz-short

@@ -22,6 +22,7 @@ import (
 	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/dataplane"
 	"github.com/tollgate/tollgate/queuer/decisionlog"
+	"github.com/tollgate/tollgate/queuer/dns"
 )
 
 // Decider is the decider client; *client.Client implements it.
@@ -32,6 +33,8 @@ type Decider interface {
 	Connected() bool
 	// Watch delivers the decider's announcements until ctx ends.
 	Watch(ctx context.Context, node string, fn func(client.WatchUpdate)) error
+	// Learn reports a DNS answer a pod received.
+	Learn(ctx context.Context, pod netip.Addr, rs []client.Resolution) (uint64, error)
 }
 
 // Dataplane is the kernel side; *dataplane.Dataplane implements it.
@@ -39,6 +42,7 @@ type Dataplane interface {
 	Setup(ctx context.Context) error
 	Check(ctx context.Context) error
 	SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error
+	SyncDNSPods(ctx context.Context, v4, v6 []netip.Addr) error
 	Learned(v dataplane.Verdict)
 	ForgetVerdicts(ctx context.Context, vs []dataplane.Verdict) error
 	InvalidateVerdicts(ctx context.Context, changed func(netip.Addr) bool) error
@@ -101,6 +105,13 @@ type Agent struct {
 	kick     chan struct{}
 	instance string // decider instance of gen; used by the applier only
 	dirty    bool   // an application failed: the next one resets everything
+	// appliedGen is the last generation put in force; applied is closed
+	// (and replaced) whenever one is.
+	appliedGen uint64
+	applied    chan struct{}
+
+	// streams reassembles DNS answers sent over TCP.
+	streams *dns.Streams
 
 	// forgets carries learned verdicts that a change may have made stale
 	// (see AfterVerdict); a full channel flushes instead.
@@ -126,7 +137,8 @@ func New(cfg Config, vc *cache.Cache, dec Decider, dp Dataplane, table conntrack
 		cfg.MaxCuts = dataplane.DefaultCutSetSize
 	}
 	a := &Agent{cfg: cfg, cache: vc, dec: dec, dp: dp, metrics: m,
-		kick: make(chan struct{}, 1), forgets: make(chan dataplane.Verdict, 4096), checkNow: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), forgets: make(chan dataplane.Verdict, 4096), checkNow: make(chan struct{}, 1),
+		applied: make(chan struct{}), streams: dns.NewStreams(1024)}
 	a.healthy.Store(true)
 	if cfg.CutEstablished {
 		a.cutter = newFlowCutter(a, table)

@@ -33,6 +33,8 @@ type fakeDecider struct {
 	hang         bool
 	disconnected bool
 	queries      []client.Query
+	learnGen     uint64
+	learned      []learnCall
 }
 
 func (f *fakeDecider) Decide(ctx context.Context, q client.Query) (client.Result, error) {
@@ -59,6 +61,22 @@ func (f *fakeDecider) Connected() bool {
 func (f *fakeDecider) Watch(ctx context.Context, _ string, _ func(client.WatchUpdate)) error {
 	<-ctx.Done()
 	return ctx.Err()
+}
+
+func (f *fakeDecider) Learn(_ context.Context, pod netip.Addr, rs []client.Resolution) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.learned = append(f.learned, learnCall{pod, rs})
+	if f.err != nil {
+		return 0, f.err
+	}
+	return f.learnGen, nil
+}
+
+// learnCall is one Learn the fake received.
+type learnCall struct {
+	pod netip.Addr
+	rs  []client.Resolution
 }
 
 func (f *fakeDecider) asked() int {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -21,6 +22,10 @@ type explainingDecider struct {
 }
 
 func (d *explainingDecider) Connected() bool { return true }
+
+func (d *explainingDecider) Learn(context.Context, netip.Addr, []client.Resolution) (uint64, error) {
+	return 0, errors.New("not a DNS test")
+}
 
 func (d *explainingDecider) Watch(ctx context.Context, _ string, _ func(client.WatchUpdate)) error {
 	<-ctx.Done()
@@ -94,4 +99,3 @@ func TestHandleLogsDecisions(t *testing.T) {
 		t.Errorf("queries asked %v without a log", dec.explain)
 	}
 }
-

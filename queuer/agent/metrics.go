@@ -47,6 +47,7 @@ type Metrics struct {
 	checkErrors    prometheus.Counter
 	cutsLifted     prometheus.Counter
 	cutsNotGuarded prometheus.Counter
+	dnsAnswers     *prometheus.CounterVec
 
 	state *stateCollector
 }
@@ -128,6 +129,10 @@ func NewMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *Metric
 			Name: "tollgate_conntrack_cuts_lifted_total",
 			Help: "Cut flows released from the cut sets because policy allows them again.",
 		}),
+		dnsAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_dns_answers_total",
+			Help: "DNS answers to pods that domainNames rules govern, by what became of them: learned (in force before the answer went on), no-address, unparsable, tcp-lost, learn-failed or apply-timeout (let through unlearned).",
+		}, []string{"result"}),
 		cutsNotGuarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tollgate_conntrack_cuts_unguarded_total",
 			Help: "Flows cut without a cut-set entry (sets or memory full, or the write failed): their other end may reopen them.",
@@ -143,7 +148,7 @@ func NewMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *Metric
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
 		m.deciderErrors, m.busy, m.unjudgeable, m.generation, m.dataplaneMode, m.learnedStale, m.invalidations,
-		m.applyErrors, m.applyLatency, m.repairs, m.checkErrors, m.cutsLifted, m.cutsNotGuarded,
+		m.applyErrors, m.applyLatency, m.repairs, m.checkErrors, m.cutsLifted, m.cutsNotGuarded, m.dnsAnswers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.state}
 }

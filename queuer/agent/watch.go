@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -140,7 +141,7 @@ func (a *Agent) apply(ctx context.Context, p *pendingUpdate, dirty bool) error {
 		a.cache.Advance(u.Generation, isChanged)
 		cacheErr = a.dp.InvalidateVerdicts(ctx, isChanged)
 	}
-	syncErr := a.dp.SyncSelected(ctx, u.IPv4, u.IPv6)
+	syncErr := errors.Join(a.dp.SyncSelected(ctx, u.IPv4, u.IPv6), a.dp.SyncDNSPods(ctx, u.DNS4, u.DNS6))
 	if cacheErr != nil || syncErr != nil {
 		a.cache.Reset(u.Generation)
 		if cacheErr != nil {
@@ -156,6 +157,9 @@ func (a *Agent) apply(ctx context.Context, p *pendingUpdate, dirty bool) error {
 		"full", full, "changed", len(p.changed))
 	a.wmu.Lock()
 	a.dirty = false
+	a.appliedGen = u.Generation
+	close(a.applied)
+	a.applied = make(chan struct{})
 	a.wmu.Unlock()
 	if a.cutter != nil && (full || precise) {
 		selected := make([]netip.Addr, 0, len(u.IPv4)+len(u.IPv6))

@@ -81,6 +81,16 @@ type WatchUpdate struct {
 	// whose connections may be.
 	ChangedAll bool
 	Changed    []netip.Addr
+	// DNS4 and DNS6 are the node's pods whose DNS answers to report with
+	// Learn.
+	DNS4, DNS6 []netip.Addr
+}
+
+// Resolution is one name chain of a DNS answer (see tollgatev1.Resolution).
+type Resolution struct {
+	Names []string
+	Addrs []netip.Addr
+	TTL   uint32
 }
 
 // Options tunes a Client. Zero values pick the defaults.
@@ -377,6 +387,25 @@ func fromProto(r *tollgatev1.Result) reply {
 	}
 }
 
+// Learn reports a DNS answer that pod received and returns the generation
+// from which the decider's verdicts take it into account. A decider that
+// does not learn answers returns an UNIMPLEMENTED error.
+func (c *Client) Learn(ctx context.Context, pod netip.Addr, rs []Resolution) (uint64, error) {
+	req := &tollgatev1.LearnRequest{PodAddr: pod.Unmap().AsSlice()}
+	for _, r := range rs {
+		pr := &tollgatev1.Resolution{Names: r.Names, TtlSeconds: r.TTL}
+		for _, a := range r.Addrs {
+			pr.Addresses = append(pr.Addresses, a.Unmap().AsSlice())
+		}
+		req.Resolutions = append(req.Resolutions, pr)
+	}
+	resp, err := c.api.Learn(ctx, req)
+	if err != nil {
+		return 0, fmt.Errorf("client: learn: %w", err)
+	}
+	return resp.GetGeneration(), nil
+}
+
 // Watch subscribes to the decider's state for node and calls fn with every
 // update, from one goroutine, until ctx ends. After a broken stream it
 // reconnects with backoff; the decider then sends its whole current state
@@ -421,6 +450,8 @@ func (c *Client) watchOnce(ctx context.Context, node string, fn func(WatchUpdate
 			First:      !received,
 			ChangedAll: resp.GetChangedAll() || !received,
 			Changed:    anyAddrs(resp.GetChanged()),
+			DNS4:       addrs(resp.GetDnsIpv4(), 4),
+			DNS6:       addrs(resp.GetDnsIpv6(), 16),
 		})
 		received = true
 	}

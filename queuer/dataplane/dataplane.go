@@ -74,6 +74,10 @@ type Config struct {
 	// DefaultCutSetSize). A cut that does not fit is still cut (its
 	// conntrack entry deleted), without the guard against reopening.
 	CutSetSize int
+	// DNSQueue is the queue that DNS answers to the pods whose answers are
+	// learned go to; zero means the one after the verdict queues
+	// (FirstQueue + QueueCount).
+	DNSQueue uint16
 }
 
 // Verdict is one decided connection tuple for the kernel verdict cache.
@@ -100,11 +104,9 @@ type Dataplane struct {
 	want      *tableShape // what Setup installs
 
 	mu sync.Mutex
-	// selected mirrors the elements of selected4 and selected6 as programmed
-	// in the kernel; valid only while selectedKnown is true.
-	selected      map[netip.Addr]struct{}
-	selectedKnown bool
-	setUp         bool
+	// selected and dnsPods mirror the selected-pod and DNS-pod sets.
+	selected, dnsPods addrSets
+	setUp             bool
 	// queuedBase is the queued counter's value when Setup ran.
 	queuedBase uint64
 	// verdicts mirrors the elements of the verdict sets, so that
@@ -175,7 +177,9 @@ func newDataplane(cfg Config, mode Mode, nft knftables.Interface, ipt IPTables, 
 		return nil, err
 	}
 	d := &Dataplane{cfg: cfg, mode: mode, nft: nft, ipt: ipt, inspector: in, want: want,
-		selected: map[netip.Addr]struct{}{}, now: time.Now}
+		selected: addrSets{v4: setSelected4, v6: setSelected6, what: "selected pods"},
+		dnsPods:  addrSets{v4: setDNS4, v6: setDNS6, what: "DNS pods"},
+		now:      time.Now}
 	d.verdicts = newMirror(cfg.VerdictCacheSize, cfg.VerdictTTL, func() time.Time { return d.now() })
 	return d, nil
 }
@@ -209,11 +213,23 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.CutSetSize == 0 {
 		cfg.CutSetSize = DefaultCutSetSize
 	}
+	if cfg.DNSQueue == 0 {
+		if int(cfg.FirstQueue)+int(cfg.QueueCount) > 65535 {
+			return cfg, errors.New("dataplane: no queue number left for DNS answers after the verdict queues")
+		}
+		cfg.DNSQueue = cfg.FirstQueue + cfg.QueueCount
+	}
+	if cfg.DNSQueue >= cfg.FirstQueue && int(cfg.DNSQueue) < int(cfg.FirstQueue)+int(cfg.QueueCount) {
+		return cfg, fmt.Errorf("dataplane: DNS queue %d is one of the verdict queues", cfg.DNSQueue)
+	}
 	if cfg.VerdictCacheSize < 1 || cfg.CutSetSize < 1 {
 		return cfg, fmt.Errorf("dataplane: set sizes %d and %d must be positive", cfg.VerdictCacheSize, cfg.CutSetSize)
 	}
 	return cfg, nil
 }
+
+// DNSQueue reports the queue DNS answers go to.
+func (d *Dataplane) DNSQueue() uint16 { return d.cfg.DNSQueue }
 
 // Mode reports the queueing mode in use.
 func (d *Dataplane) Mode() Mode { return d.mode }
@@ -239,7 +255,11 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dataplane: inspect table %s: %w", TableName, err)
 	}
-	adopted, err := d.readSelected(ctx)
+	adopted, err := d.readAddrs(ctx, d.selected)
+	if err != nil {
+		return err
+	}
+	adoptedDNS, err := d.readAddrs(ctx, d.dnsPods)
 	if err != nil {
 		return err
 	}
@@ -277,7 +297,8 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 			return fmt.Errorf("dataplane: install table %s: %w", TableName, err)
 		}
 	}
-	d.selected = adopted
+	d.selected.have, d.selected.known = adopted, true
+	d.dnsPods.have, d.dnsPods.known = adoptedDNS, true
 	d.queuedBase = base
 	switch {
 	case got == nil || recreate:
@@ -286,7 +307,6 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 		// A previous process's verdicts: learn what the kernel holds.
 		d.verdicts.rebuild(d.listVerdicts(ctx))
 	}
-	d.selectedKnown = true
 	d.setUp = true
 
 	if d.mode == ModeNFT && d.ipt != nil {
@@ -299,11 +319,11 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 	return nil
 }
 
-// readSelected returns the elements of the selected-pod sets of an existing
+// readAddrs returns the elements of a pair of address sets of an existing
 // table, or an empty map when there is no table yet.
-func (d *Dataplane) readSelected(ctx context.Context) (map[netip.Addr]struct{}, error) {
+func (d *Dataplane) readAddrs(ctx context.Context, sets addrSets) (map[netip.Addr]struct{}, error) {
 	out := map[netip.Addr]struct{}{}
-	for _, name := range []string{setSelected4, setSelected6} {
+	for _, name := range []string{sets.v4, sets.v6} {
 		elems, err := d.nft.ListElements(ctx, "set", name)
 		if knftables.IsNotFound(err) {
 			continue
@@ -401,7 +421,7 @@ func (d *Dataplane) Shutdown(context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.setUp = false
-	d.selectedKnown = false
+	d.selected.known, d.dnsPods.known = false, false
 	slog.Info("dataplane: leaving the ruleset in place", "table", "inet "+TableName, "failOpen", d.cfg.FailOpen)
 	return nil
 }
@@ -412,7 +432,7 @@ func (d *Dataplane) Remove(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.setUp = false
-	d.selectedKnown = false
+	d.selected.known, d.dnsPods.known = false, false
 	tx := d.nft.NewTransaction()
 	tx.Delete(&knftables.Table{})
 	err := d.nft.Run(ctx, tx)

@@ -101,7 +101,7 @@ func TestQueueStatements(t *testing.T) {
 			"-m mark --mark 0x2000/0x2000 -j NFQUEUE --queue-balance 65534:65535 --queue-cpu-fanout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := Config{FirstQueue: tc.first, QueueCount: tc.count, FailOpen: tc.failOpen}
+			cfg := Config{FirstQueue: tc.first, QueueCount: tc.count, FailOpen: tc.failOpen, DNSQueue: 1}
 			_, nft, _ := newFake(t, ModeNFT, cfg)
 			if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued meta mark set meta mark | 0x00002000 "+tc.nft {
 				t.Errorf("nft queue rule = %q, want %q", got, tc.nft)
@@ -733,12 +733,12 @@ func TestCheck(t *testing.T) {
 			tx := nft.NewTransaction()
 			tx.Flush(&knftables.Chain{Name: chainClassify})
 			_ = nft.Run(ctx, tx)
-		}, "chain classify has 0 rules, want 6"},
+		}, "chain classify has 0 rules, want 7"},
 		{"rule added", func() {
 			tx := nft.NewTransaction()
 			tx.Insert(&knftables.Rule{Chain: chainClassify, Rule: "accept"})
 			_ = nft.Run(ctx, tx)
-		}, "chain classify has 7 rules, want 6"},
+		}, "chain classify has 8 rules, want 7"},
 		{"iptables jump deleted", func() {
 			_ = ipt.Run(ctx, true, "-w", "-t", "mangle", "-D", "FORWARD", "-j", XTChain)
 		}, `ip6tables -t mangle rule "FORWARD -j TOLLGATE" is missing`},

@@ -400,5 +400,12 @@ func TestKernelFailModesWithPackets(t *testing.T) {
 	if err := open.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	expect("fail-open, queuer shut down", "8080", true)
+	// The ruleset and its caches outlive the queuer: the cached deny still
+	// drops, other new connections pass through the bypass.
+	expect("fail-open, queuer shut down, cached deny", "8080", false)
+	expect("fail-open, queuer shut down, not cached", "8081", true)
+	if err := open.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect("ruleset removed (queuer cleanup)", "8080", true)
 }

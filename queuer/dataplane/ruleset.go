@@ -17,6 +17,8 @@ const (
 	setDeny6     = "deny6"
 	setCut4      = "cut4"
 	setCut6      = "cut6"
+	setDNS4      = "dns4"
+	setDNS6      = "dns6"
 
 	chainForward        = "forward"
 	chainInput          = "input"
@@ -27,6 +29,9 @@ const (
 	chainDecide6        = "decide6"
 	chainToQueue        = "to-queue"
 	chainLearn          = "learn"
+	chainOutput         = "output"
+	chainOutputVerdict  = "output-verdict"
+	chainDNSReplies     = "dns-replies"
 
 	// counterQueued counts the packets the table hands to NFQUEUE, so that
 	// packets the kernel answers without the queuer (queue full in fail-open
@@ -44,11 +49,16 @@ const (
 // packet on) or MarkLearnDeny (add it to denyN, drop the packet). The
 // chains at VerdictPriority do that, then clear the bits; any other value
 // (XTMark alone, or nothing) only has its bits cleared.
+//
+// DNSMark is the bit that, in ModeXT, the nft table sets on DNS answers
+// for pods whose answers are learned, and the iptables rule of the DNS
+// queue matches.
 const (
 	XTMark         uint32 = 0x00002000
 	MarkLearnAllow uint32 = 0x00001000
 	MarkLearnDeny  uint32 = 0x00003000
 	VerdictMask    uint32 = 0x00003000
+	DNSMark        uint32 = 0x00000040
 )
 
 // CtMarkJudged is the conntrack-mark bit set on every connection whose new
@@ -100,14 +110,15 @@ func desiredObject(kind, name string) bool {
 	case "chain":
 		switch name {
 		case chainForward, chainInput, chainForwardVerdict, chainInputVerdict,
-			chainClassify, chainDecide4, chainDecide6, chainToQueue, chainLearn:
+			chainClassify, chainDecide4, chainDecide6, chainToQueue, chainLearn,
+			chainOutput, chainOutputVerdict, chainDNSReplies:
 			return true
 		}
 	case "counter":
 		return name == counterQueued
 	case "set":
 		switch name {
-		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6, setCut4, setCut6:
+		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6, setCut4, setCut6, setDNS4, setDNS6:
 			return true
 		}
 	}
@@ -138,6 +149,17 @@ func queueStatement(cfg Config, mode Mode) string {
 	return s
 }
 
+// dnsQueueStatement sends a DNS answer to the DNS queue: in ModeXT by the
+// mark the iptables rule matches. The queue always has the bypass flag: an
+// answer is let through unlearned when no queuer reads it.
+func dnsQueueStatement(cfg Config, mode Mode) string {
+	mark := fmt.Sprintf("meta mark set meta mark | 0x%08x", DNSMark)
+	if mode == ModeXT {
+		return mark
+	}
+	return fmt.Sprintf("%s queue num %d bypass", mark, cfg.DNSQueue)
+}
+
 // writeRuleset adds to tx the whole desired state of the table. stale lists
 // objects of an existing table to delete. The selected-pod, verdict and cut
 // sets keep their elements; with recreate, the verdict sets are deleted and
@@ -162,11 +184,14 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 		hook(chainInput, knftables.InputHook, chainPriority),
 		hook(chainForwardVerdict, knftables.ForwardHook, VerdictPriority),
 		hook(chainInputVerdict, knftables.InputHook, VerdictPriority),
+		hook(chainOutput, knftables.OutputHook, chainPriority),
+		hook(chainOutputVerdict, knftables.OutputHook, VerdictPriority),
 		{Name: chainClassify},
 		{Name: chainDecide4},
 		{Name: chainDecide6},
 		{Name: chainToQueue},
 		{Name: chainLearn},
+		{Name: chainDNSReplies},
 	}
 	for _, c := range chains {
 		// Adding an existing chain changes nothing, and flushing keeps its
@@ -195,6 +220,10 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 		Comment: knftables.PtrTo("IPv4 addresses of local policy-selected pods")})
 	tx.Add(&knftables.Set{Name: setSelected6, Type: "ipv6_addr",
 		Comment: knftables.PtrTo("IPv6 addresses of local policy-selected pods")})
+	tx.Add(&knftables.Set{Name: setDNS4, Type: "ipv4_addr",
+		Comment: knftables.PtrTo("IPv4 addresses of local pods whose DNS answers are learned")})
+	tx.Add(&knftables.Set{Name: setDNS6, Type: "ipv6_addr",
+		Comment: knftables.PtrTo("IPv6 addresses of local pods whose DNS answers are learned")})
 	// The cut sets outlive generations and queuer restarts: a flow cut
 	// before either stays cut until policy allows it again.
 	for _, c := range []struct{ name, typ string }{{setCut4, flowType4}, {setCut6, flowType6}} {
@@ -226,7 +255,18 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	}
 	rule(chainForward, "jump "+chainClassify)
 	rule(chainInput, "jump "+chainClassify)
+	rule(chainOutput, "jump "+chainDNSReplies)
 
+	// DNS answers to pods whose answers are learned go to the DNS queue
+	// (ahead of everything: they are replies of established flows). Only
+	// replies: an unsolicited packet from port 53 is an ordinary new
+	// connection. The output hook catches answers from the node itself
+	// (NodeLocal DNSCache, host-network resolvers).
+	for _, d := range []struct{ family, set string }{{"ip", setDNS4}, {"ip6", setDNS6}} {
+		rule(chainDNSReplies, fmt.Sprintf("ct direction reply %s daddr @%s meta l4proto { tcp, udp } th sport 53 %s",
+			d.family, d.set, dnsQueueStatement(cfg, mode)))
+	}
+	rule(chainClassify, "jump "+chainDNSReplies)
 	rule(chainClassify, "ct state established,related accept")
 	rule(chainClassify, "icmpv6 type "+ndTypes+" accept")
 	rule(chainClassify, "ip saddr @"+setSelected4+" goto "+chainDecide4)
@@ -259,8 +299,8 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	// at once. `update` adds the tuple or, if a concurrent miss of the same
 	// tuple learned it first, renews its timeout; when the set is full it
 	// learns nothing and the rule ends there.
-	for _, c := range []string{chainForwardVerdict, chainInputVerdict} {
-		rule(c, fmt.Sprintf("meta mark & 0x%08x != 0 jump %s", VerdictMask, chainLearn))
+	for _, c := range []string{chainForwardVerdict, chainInputVerdict, chainOutputVerdict} {
+		rule(c, fmt.Sprintf("meta mark & 0x%08x != 0 jump %s", VerdictMask|DNSMark, chainLearn))
 	}
 	learn := func(bits uint32, family, set, tuple string) {
 		rule(chainLearn, fmt.Sprintf("meta mark & 0x%08x == 0x%08x meta nfproto %s update @%s { %s }",
@@ -271,5 +311,5 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	learn(MarkLearnDeny, "ipv4", setDeny4, tuple4)
 	learn(MarkLearnDeny, "ipv6", setDeny6, tuple6)
 	rule(chainLearn, fmt.Sprintf("meta mark & 0x%08x == 0x%08x drop", VerdictMask, MarkLearnDeny))
-	rule(chainLearn, fmt.Sprintf("meta mark set meta mark & 0x%08x", ^VerdictMask))
+	rule(chainLearn, fmt.Sprintf("meta mark set meta mark & 0x%08x", ^(VerdictMask|DNSMark)))
 }

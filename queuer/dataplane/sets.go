@@ -15,13 +15,34 @@ import (
 // errNotSetUp is returned by set updates before Setup succeeded.
 var errNotSetUp = errors.New("dataplane: Setup has not run")
 
+// addrSets is a pair of address sets (IPv4 and IPv6) the dataplane keeps
+// in step with the decider: the selected pods, and the pods whose DNS
+// answers are learned. have mirrors the elements as programmed, valid only
+// while known is true.
+type addrSets struct {
+	v4, v6 string
+	what   string // for errors and logs
+	have   map[netip.Addr]struct{}
+	known  bool
+}
+
 // SyncSelected makes selected4 and selected6 hold exactly v4 and v6, the
 // local pods that some policy selects. It adds and deletes only the
 // difference from what it last programmed, in one transaction. If that
 // transaction fails (someone changed the set behind our back), it replaces
 // the sets' whole contents in one transaction instead.
 func (d *Dataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error {
-	want, err := selectedSet(v4, v6)
+	return d.syncAddrs(ctx, &d.selected, v4, v6)
+}
+
+// SyncDNSPods makes dns4 and dns6 hold exactly v4 and v6, the local pods
+// whose DNS answers go to the DNS queue, the way SyncSelected does.
+func (d *Dataplane) SyncDNSPods(ctx context.Context, v4, v6 []netip.Addr) error {
+	return d.syncAddrs(ctx, &d.dnsPods, v4, v6)
+}
+
+func (d *Dataplane) syncAddrs(ctx context.Context, sets *addrSets, v4, v6 []netip.Addr) error {
+	want, err := addrUnion(v4, v6)
 	if err != nil {
 		return err
 	}
@@ -30,16 +51,22 @@ func (d *Dataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error
 	if !d.setUp {
 		return errNotSetUp
 	}
+	elem := func(a netip.Addr) *knftables.Element {
+		if a.Is6() {
+			return &knftables.Element{Set: sets.v6, Key: []string{a.String()}}
+		}
+		return &knftables.Element{Set: sets.v4, Key: []string{a.String()}}
+	}
 
-	if d.selectedKnown {
+	if sets.known {
 		tx := d.nft.NewTransaction()
 		var adds, dels []netip.Addr
 		for a := range want {
-			if _, ok := d.selected[a]; !ok {
+			if _, ok := sets.have[a]; !ok {
 				adds = append(adds, a)
 			}
 		}
-		for a := range d.selected {
+		for a := range sets.have {
 			if _, ok := want[a]; !ok {
 				dels = append(dels, a)
 			}
@@ -51,41 +78,41 @@ func (d *Dataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error
 		slices.SortFunc(adds, netip.Addr.Compare)
 		slices.SortFunc(dels, netip.Addr.Compare)
 		for _, a := range dels {
-			tx.Delete(selectedElement(a))
+			tx.Delete(elem(a))
 		}
 		for _, a := range adds {
-			tx.Add(selectedElement(a))
+			tx.Add(elem(a))
 		}
 		err := d.nft.Run(ctx, tx)
 		if err == nil {
-			d.selected = want
+			sets.have = want
 			return nil
 		}
-		slog.Warn("dataplane: incremental update of selected pods failed, replacing the sets", "err", err)
-		d.selectedKnown = false
+		slog.Warn("dataplane: incremental update failed, replacing the sets", "sets", sets.what, "err", err)
+		sets.known = false
 	}
 
 	tx := d.nft.NewTransaction()
-	tx.Flush(&knftables.Set{Name: setSelected4})
-	tx.Flush(&knftables.Set{Name: setSelected6})
+	tx.Flush(&knftables.Set{Name: sets.v4})
+	tx.Flush(&knftables.Set{Name: sets.v6})
 	all := make([]netip.Addr, 0, len(want))
 	for a := range want {
 		all = append(all, a)
 	}
 	slices.SortFunc(all, netip.Addr.Compare)
 	for _, a := range all {
-		tx.Add(selectedElement(a))
+		tx.Add(elem(a))
 	}
 	if err := d.nft.Run(ctx, tx); err != nil {
-		return fmt.Errorf("dataplane: replace selected pod sets: %w", err)
+		return fmt.Errorf("dataplane: replace the sets of %s: %w", sets.what, err)
 	}
-	d.selected = want
-	d.selectedKnown = true
+	sets.have = want
+	sets.known = true
 	return nil
 }
 
-// selectedSet checks the families of v4 and v6 and returns their union.
-func selectedSet(v4, v6 []netip.Addr) (map[netip.Addr]struct{}, error) {
+// addrUnion checks the families of v4 and v6 and returns their union.
+func addrUnion(v4, v6 []netip.Addr) (map[netip.Addr]struct{}, error) {
 	want := make(map[netip.Addr]struct{}, len(v4)+len(v6))
 	for _, a := range v4 {
 		a = a.Unmap()
@@ -101,14 +128,6 @@ func selectedSet(v4, v6 []netip.Addr) (map[netip.Addr]struct{}, error) {
 		want[a.WithZone("")] = struct{}{}
 	}
 	return want, nil
-}
-
-func selectedElement(a netip.Addr) *knftables.Element {
-	set := setSelected4
-	if a.Is6() {
-		set = setSelected6
-	}
-	return &knftables.Element{Set: set, Key: []string{a.String()}}
 }
 
 // cachedProtos names the protocols whose verdicts the kernel caches: those
