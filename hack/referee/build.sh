@@ -15,14 +15,14 @@
 #                  sigs.k8s.io/network-policy-api/conformance at VERSION
 #                  (v0.2.0: ClusterNetworkPolicy; v0.1.7: AdminNetworkPolicy
 #                  and BaselineAdminNetworkPolicy), compiled with `go test -c`
-#                  from a copy of the module in which base/manifests.yaml has
-#                  no SCTP server containers: this kernel has no SCTP sockets,
-#                  their `agnhost porter` exits, and without Ready pods no test
-#                  of the suite runs (docs/conformance.md has the evidence).
-#                  Nothing else of the module is changed.
+#                  from a copy of the module in which, on a kernel without
+#                  SCTP sockets, base/manifests.yaml has no SCTP server
+#                  containers: their `agnhost porter` exits, and without
+#                  Ready pods no test of the suite runs (docs/conformance.md
+#                  has the evidence). Nothing else of the module is changed.
 #
-# A binary is rebuilt when the inputs that made it (versions, this script,
-# the driver) change. Builds take the lock of hack/kube-apiserver/build.sh's
+# A binary is rebuilt when the inputs that made it (versions, the function
+# here that builds it, the driver, the kernel's SCTP support) change. Builds take the lock of hack/kube-apiserver/build.sh's
 # cache, so they never run beside another Kubernetes build.
 #
 # Usage: hack/referee/build.sh
@@ -86,7 +86,7 @@ install_bin() {
 
 build_kube() {
 	local st
-	st=$(stamp "${KUBE_VERSION}" "${BASH_SOURCE[0]}" "${REPO_ROOT}/hack/kube-apiserver/build.sh" "${HERE}/testdata/netpol/netpol_test.go")
+	st=$(stamp "${KUBE_VERSION}" "$(declare -f build_kube)" "${REPO_ROOT}/hack/kube-apiserver/build.sh" "${HERE}/testdata/netpol/netpol_test.go")
 	if fresh "${st}" netpol.test ginkgo agnhost; then
 		echo "netpol.test, ginkgo and agnhost (${KUBE_VERSION}) are up to date in ${BIN}"
 		return
@@ -114,7 +114,10 @@ build_kube() {
 build_npapi() {
 	local version=$1 name="npapi-$1.test"
 	local st
-	st=$(stamp "${version}" "${BASH_SOURCE[0]}" "${HERE}/sctp.go")
+	# The SCTP servers are stripped only where the kernel lacks SCTP.
+	local sctp
+	sctp=$(cd "${REPO_ROOT}" && go run ./hack/referee kernel-sctp)
+	st=$(stamp "${version}" "$(declare -f build_npapi)" "${HERE}/sctp.go" "kernel-sctp=${sctp}")
 	if fresh "${st}" "${name}"; then
 		echo "${name} is up to date in ${BIN}"
 		return

@@ -6,6 +6,7 @@
 //
 //	referee run [flags]           run the suites (make conformance-upstream)
 //	referee strip-sctp IN OUT     used by hack/referee/build.sh
+//	referee kernel-sctp           yes or no: does this kernel open SCTP sockets
 //
 // The suites' binaries come from hack/referee/build.sh; the images they run
 // from hack/referee/images.sh.
@@ -33,7 +34,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: referee run [flags] | referee strip-sctp IN OUT")
+		fmt.Fprintln(os.Stderr, "usage: referee run [flags] | strip-sctp IN OUT | kernel-sctp")
 		os.Exit(2)
 	}
 	var err error
@@ -42,6 +43,8 @@ func main() {
 		err = runCommand(os.Args[2:])
 	case "strip-sctp":
 		err = stripSCTPCommand(os.Args[2:])
+	case "kernel-sctp":
+		fmt.Println(map[bool]string{true: "yes", false: "no"}[kernelHasSCTP()])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -123,8 +126,8 @@ func runCommand(args []string) error {
 	v := judge(rep.Suites)
 	for _, s := range rep.Suites {
 		t := tallyOf(s)
-		logf("%-6s %3d cases: %d passed, %d failed (%d explained), %d skipped, %d not run, %v",
-			s.Suite.Key, len(s.Cases), t.Passed, t.Failed, t.Explained, t.Skipped, t.NotRun, s.Wall.Round(time.Second))
+		logf("%-6s %3d cases: %d passed, %d failed (%d explained), %d skipped (%d explained), %d not run, %v",
+			s.Suite.Key, len(s.Cases), t.Passed, t.Failed, t.ExplainedFailed, t.Skipped, t.ExplainedSkipped, t.NotRun, s.Wall.Round(time.Second))
 	}
 	if !v.OK() {
 		for _, u := range v.Unexplained {
@@ -138,7 +141,7 @@ func runCommand(args []string) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	logf("all failures explained, in %v", rep.Wall.Round(time.Second))
+	logf("every case that did not pass is explained; %v", rep.Wall.Round(time.Second))
 	return nil
 }
 

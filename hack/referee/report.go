@@ -20,9 +20,9 @@ type Report struct {
 	Evidence map[string]string
 }
 
-// Verdict is how a run ended: its unexplained failures (suite failures,
-// failed or unrun cases that no explanation covers) and its stale
-// explanations (cases expected to fail that passed).
+// Verdict is how a run ended: what it left unexplained (suite failures,
+// failed, skipped or unrun cases that no explanation covers) and its stale
+// explanations (cases expected not to pass that passed).
 type Verdict struct {
 	Unexplained []string
 	Stale       []string
@@ -42,7 +42,7 @@ func judge(suites []*SuiteResult) Verdict {
 			switch {
 			case stale(s.Suite.Key, c):
 				v.Stale = append(v.Stale, s.Suite.Key+": "+c.Name)
-			case (c.State == Failed || c.State == NotRun) && explain(s.Suite.Key, c) == nil:
+			case c.State != Passed && explain(s.Suite.Key, c) == nil:
 				v.Unexplained = append(v.Unexplained, s.Suite.Key+": "+c.Name)
 			}
 		}
@@ -50,17 +50,23 @@ func judge(suites []*SuiteResult) Verdict {
 	return v
 }
 
-// tally counts a suite's cases, failures split into explained and not.
+// tally counts a suite's cases, with how many of its failures and skips
+// are explained.
 type tally struct {
 	Counts
-	Explained int
+	ExplainedFailed, ExplainedSkipped int
 }
 
 func tallyOf(s *SuiteResult) tally {
 	t := tally{Counts: count(s.Cases)}
 	for _, c := range s.Cases {
-		if explain(s.Suite.Key, c) != nil {
-			t.Explained++
+		if explain(s.Suite.Key, c) == nil {
+			continue
+		}
+		if c.State == Skipped {
+			t.ExplainedSkipped++
+		} else {
+			t.ExplainedFailed++
 		}
 	}
 	return t
@@ -79,25 +85,25 @@ func (rep *Report) Markdown() string {
 		p("- %s\n", e)
 	}
 	p("\n## Results\n\n")
-	p("| suite | source | flavour | cases | passed | failed (explained) | skipped | not run | wall time |\n")
+	p("| suite | source | flavour | cases | passed | failed (explained) | skipped (explained) | not run | wall time |\n")
 	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, s := range rep.Suites {
 		t := tallyOf(s)
 		file, _ := s.Suite.Flavour.File()
-		p("| %s | %s | %s | %d | %d | %d (%d) | %d | %d | %s |\n", s.Suite.Title, s.Suite.Source, "deploy/"+file,
-			len(s.Cases), t.Passed, t.Failed, t.Explained, t.Skipped, t.NotRun, s.Wall.Round(time.Second))
+		p("| %s | %s | %s | %d | %d | %d (%d) | %d (%d) | %d | %s |\n", s.Suite.Title, s.Suite.Source, "deploy/"+file,
+			len(s.Cases), t.Passed, t.Failed, t.ExplainedFailed, t.Skipped, t.ExplainedSkipped, t.NotRun, s.Wall.Round(time.Second))
 	}
 	p("\nAll suites, installs included: %s.\n", rep.Wall.Round(time.Second))
 	v := judge(rep.Suites)
 	if v.OK() {
-		p("Every failure is explained below; no case expected to fail passed.\n")
+		p("Every case that did not pass is explained below, and no case expected not to pass passed.\n")
 	} else {
 		p("\n**Not explained:**\n\n")
 		for _, u := range v.Unexplained {
 			p("- %s\n", u)
 		}
 		for _, s := range v.Stale {
-			p("- %s passed, but an explanation below expects it to fail: look again\n", s)
+			p("- %s passed, but an explanation below expects it not to: look again\n", s)
 		}
 	}
 
@@ -114,7 +120,7 @@ func (rep *Report) Markdown() string {
 		p("- %s\n", line)
 	}
 
-	p("\n## Explained failures\n\n")
+	p("\n## Cases that cannot pass here\n\n")
 	explained := map[string][]string{}
 	whys := map[string][]string{}
 	for _, s := range rep.Suites {
@@ -159,7 +165,7 @@ func (rep *Report) Markdown() string {
 		for _, c := range s.Cases {
 			result := string(c.State)
 			if e := explain(s.Suite.Key, c); e != nil {
-				result = "failed, explained (" + e.ID + ")"
+				result += ", explained (" + e.ID + ")"
 			}
 			p("| %s | %s | %s |\n", escapeCell(c.Name), result, c.Duration.Round(time.Second))
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -9,7 +10,15 @@ import (
 // sctpNetpol is a Netpol SCTP case name.
 const sctpNetpol = "[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]"
 
+// withSCTP pretends, for one test, that the kernel has SCTP sockets or not.
+func withSCTP(t *testing.T, has bool) {
+	saved := kernelHasSCTP
+	kernelHasSCTP = func() bool { return has }
+	t.Cleanup(func() { kernelHasSCTP = saved })
+}
+
 func TestExplain(t *testing.T) {
+	withSCTP(t, false)
 	tests := []struct {
 		name      string
 		suite     string
@@ -27,10 +36,12 @@ func TestExplain(t *testing.T) {
 			Case{Name: "CNPAdminTierEgressTCP", State: Failed, Failure: "protocol not supported"}, false, false},
 		{"the explanation belongs to another suite", "netpol",
 			Case{Name: "CNPAdminTierEgressSCTP", State: Failed, Failure: "protocol not supported"}, false, false},
-		{"a Netpol SCTP case whose pods never ran", "netpol",
-			Case{Name: sctpNetpol, State: Failed, Failure: "failed: pod x/a is not running: timed out"}, true, false},
-		{"a Netpol SCTP case with the wrong verdicts", "netpol",
+		{"a skipped Netpol SCTP case", "netpol",
+			Case{Name: sctpNetpol, State: Skipped}, true, false},
+		{"a failed Netpol SCTP case: it should have been skipped", "netpol",
 			Case{Name: sctpNetpol, State: Failed, Failure: "failed: Had 3 wrong results in reachability matrix"}, false, false},
+		{"a skipped npapi SCTP case: the runner does not skip those", "cnp",
+			Case{Name: "CNPAdminTierEgressSCTP", State: Skipped}, false, false},
 		{"not run is never explained", "cnp",
 			Case{Name: "CNPAdminTierEgressSCTP", State: NotRun, Failure: "protocol not supported"}, false, false},
 	}
@@ -46,11 +57,35 @@ func TestExplain(t *testing.T) {
 	}
 }
 
+func TestExplanationsNeedTheirReason(t *testing.T) {
+	withSCTP(t, true)
+	if e := explain("cnp", Case{Name: "CNPAdminTierEgressSCTP", State: Failed, Failure: "protocol not supported"}); e != nil {
+		t.Errorf("explained %s on a kernel with SCTP", e.ID)
+	}
+	if stale("anp", Case{Name: "AdminNetworkPolicyIngressSCTP", State: Passed}) {
+		t.Error("a passing SCTP case is stale on a kernel with SCTP")
+	}
+	if got := skips("netpol"); len(got) != 0 {
+		t.Errorf("skips %q on a kernel with SCTP", got)
+	}
+}
+
+func TestSkips(t *testing.T) {
+	withSCTP(t, false)
+	if got, want := skips("netpol"), []string{`\[Feature:SCTPConnectivity\]`}; !reflect.DeepEqual(got, want) {
+		t.Errorf("skips %q, want %q", got, want)
+	}
+	if got := skips("cnp"); len(got) != 0 {
+		t.Errorf("cnp skips %q, want none", got)
+	}
+}
+
 func TestJudgeAndMarkdown(t *testing.T) {
+	withSCTP(t, false)
 	results := []*SuiteResult{
 		{Suite: netpolSuite, Command: "ginkgo --focus=Netpol netpol.test", Wall: 90 * time.Minute, Cases: []Case{
 			{Name: "[sig-network] Netpol NetworkPolicy between server and client should support allow-all policy", State: Passed},
-			{Name: sctpNetpol, State: Failed, Failure: "failed: pod x/a is not running"},
+			{Name: sctpNetpol, State: Skipped},
 		}},
 		{Suite: cnpSuite, Command: "npapi-v0.2.0.test", Report: "docs/conformance/network-policy-api-cnp.yaml", Cases: []Case{
 			{Name: "CNPAdminTierEgressTCP", State: Failed, Failure: "Expected connection to be dropped"},
@@ -59,7 +94,7 @@ func TestJudgeAndMarkdown(t *testing.T) {
 		{Suite: anpSuite, Error: "install: rollout timed out"},
 	}
 	v := judge(results)
-	want := []string{"cnp: CNPAdminTierEgressTCP", "anp: install: rollout timed out"}
+	want := []string{"cnp: CNPAdminTierEgressTCP", "cnp: CNPAdminTierEgressNodePeers", "anp: install: rollout timed out"}
 	if !sameSet(v.Unexplained, want) {
 		t.Errorf("unexplained %q, want %q", v.Unexplained, want)
 	}
@@ -72,13 +107,13 @@ func TestJudgeAndMarkdown(t *testing.T) {
 	md := rep.Markdown()
 	for _, s := range []string{
 		"| [sig-network] Netpol | k8s.io/kubernetes v1.35.3",
-		"| 2 | 1 | 1 (1) | 0 | 0 | 1h30m0s |",
-		"| 2 | 0 | 1 (0) | 1 | 0 | 0s |",
+		"| 2 | 1 | 0 (0) | 1 (1) | 0 | 1h30m0s |",
+		"| 2 | 0 | 1 (0) | 1 (0) | 0 | 0s |",
 		"**Not explained:**",
 		"- cnp: CNPAdminTierEgressTCP",
 		"### sctp",
 		"IPPROTO_SCTP): protocol not supported",
-		"| " + sctpNetpol + " | failed, explained (sctp) |",
+		"| " + sctpNetpol + " | skipped, explained (sctp) |",
 		"Report: [docs/conformance/network-policy-api-cnp.yaml](conformance/network-policy-api-cnp.yaml)",
 		"The suite itself failed:\n\n```\ninstall: rollout timed out\n```",
 	} {

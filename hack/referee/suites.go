@@ -85,6 +85,9 @@ var netpolSuite = &Suite{
 			"--output-dir=" + r.OutDir, "--json-report=netpol.json",
 		}
 		args = append(args, focus...)
+		for _, skip := range skips(s.Key) {
+			args = append(args, "--skip="+skip)
+		}
 		return append(args, filepath.Join(r.BinDir, s.Binary), "--", "--kubeconfig="+r.Kubeconfig)
 	},
 	parse: func(r *Run) ([]Case, string, error) {
