@@ -1,43 +1,82 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver from the k8s.io/kubernetes Go module and caches the
-# binary under $CACHE/kube-apiserver/<version>/kube-apiserver.
+# Builds Kubernetes components (kube-apiserver by default; also kubelet,
+# kube-proxy, kube-controller-manager and kube-scheduler for the local
+# cluster of `make cluster-up`) from the k8s.io/kubernetes Go module and
+# caches each binary under $CACHE/<component>/<version>/<component>.
 #
 # k8s.io/kubernetes cannot be used as a plain dependency: its go.mod requires
 # every k8s.io/<staging> module at v0.0.0 and points them at ./staging/src with
 # replace directives, which Go ignores outside the main module. This script
 # generates a tiny wrapper module whose go.mod requires k8s.io/kubernetes and
 # replaces each staging module with its published v0.<minor>.<patch> release,
-# computed from the kubernetes go.mod itself. The binary is stamped with the
-# version ldflags so clients see a real version instead of v0.0.0.
+# computed from the kubernetes go.mod itself. The binaries are stamped with the
+# version ldflags so clients see a real version instead of v0.0.0. All the
+# missing components are built by one `go build`, so they share its work;
+# after the apiserver, a kubelet takes under two minutes.
 #
-# Usage: hack/kube-apiserver/build.sh [print-path]
+# Usage: hack/kube-apiserver/build.sh [print-path] [COMPONENT...]
+#   COMPONENT     a command under k8s.io/kubernetes/cmd (default kube-apiserver)
 #   KUBE_VERSION  kubernetes release to build (default v1.35.3)
 #   CACHE         cache directory (default <repo>/.cache)
-# With "print-path" it only prints where the binary is (or would be) cached.
+# With "print-path" it only prints where each binary is (or would be) cached.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.35.3}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${CACHE:-${REPO_ROOT}/.cache}"
-OUT_DIR="${CACHE}/kube-apiserver/${KUBE_VERSION}"
-BINARY="${OUT_DIR}/kube-apiserver"
 
+PRINT_PATH=false
 if [[ "${1:-}" == "print-path" ]]; then
-	echo "${BINARY}"
+	PRINT_PATH=true
+	shift
+fi
+COMPONENTS=("$@")
+if [[ ${#COMPONENTS[@]} -eq 0 ]]; then
+	COMPONENTS=(kube-apiserver)
+fi
+
+# binary_path prints where component $1 is cached.
+binary_path() {
+	echo "${CACHE}/$1/${KUBE_VERSION}/$1"
+}
+
+if ${PRINT_PATH}; then
+	for c in "${COMPONENTS[@]}"; do
+		binary_path "${c}"
+	done
 	exit 0
 fi
 
-if [[ -x "${BINARY}" ]]; then
-	echo "kube-apiserver ${KUBE_VERSION} already built: ${BINARY}"
+# missing_components sets MISSING to the components not built yet.
+missing_components() {
+	MISSING=()
+	for c in "${COMPONENTS[@]}"; do
+		if [[ ! "${c}" =~ ^[a-z][a-z0-9-]*$ ]]; then
+			echo "not a kubernetes command name: ${c}" >&2
+			exit 1
+		fi
+		if [[ -x "$(binary_path "${c}")" ]]; then
+			echo "${c} ${KUBE_VERSION} already built: $(binary_path "${c}")"
+		else
+			MISSING+=("${c}")
+		fi
+	done
+}
+
+missing_components
+if [[ ${#MISSING[@]} -eq 0 ]]; then
 	exit 0
 fi
 
-# Serialize concurrent builds of the same version (e.g. two make runs).
+# Serialize concurrent builds of the same version (e.g. two make runs). The
+# lock lives where it always has, so that older copies of this script that
+# build only kube-apiserver wait on the same lock.
+OUT_DIR="${CACHE}/kube-apiserver/${KUBE_VERSION}"
 mkdir -p "${OUT_DIR}"
 exec 9>"${OUT_DIR}/.lock"
 flock 9
-if [[ -x "${BINARY}" ]]; then
-	echo "kube-apiserver ${KUBE_VERSION} already built: ${BINARY}"
+missing_components
+if [[ ${#MISSING[@]} -eq 0 ]]; then
 	exit 0
 fi
 
@@ -101,13 +140,26 @@ LDFLAGS+=" -X k8s.io/client-go/pkg/version.gitMajor=1"
 LDFLAGS+=" -X k8s.io/client-go/pkg/version.gitMinor=${MINOR}"
 
 start=$(date +%s)
-echo "building kube-apiserver ${KUBE_VERSION} (a cold build takes several minutes)"
+PACKAGES=()
+for c in "${MISSING[@]}"; do
+	PACKAGES+=("k8s.io/kubernetes/cmd/${c}")
+done
+echo "building ${MISSING[*]} ${KUBE_VERSION} (a cold build takes several minutes)"
+TMP_OUT="${OUT_DIR}/out.tmp"
+rm -rf "${TMP_OUT}"
+mkdir -p "${TMP_OUT}"
 (
 	cd "${SRC}"
 	# -mod=mod lets the go command fill in go.sum and the indirect
 	# requirements of the wrapper module from the kubernetes go.mod.
-	go build -mod=mod -trimpath -ldflags "${LDFLAGS}" -o "${BINARY}.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+	go build -mod=mod -trimpath -ldflags "${LDFLAGS}" -o "${TMP_OUT}/" "${PACKAGES[@]}"
 )
-mv "${BINARY}.tmp" "${BINARY}"
-echo "built ${BINARY} in $(($(date +%s) - start))s"
-"${BINARY}" --version
+for c in "${MISSING[@]}"; do
+	dest="$(binary_path "${c}")"
+	mkdir -p "$(dirname "${dest}")"
+	mv "${TMP_OUT}/${c}" "${dest}"
+	echo "built ${dest}"
+	"${dest}" --version
+done
+rm -rf "${TMP_OUT}"
+echo "built ${MISSING[*]} in $(($(date +%s) - start))s"
