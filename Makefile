@@ -80,7 +80,7 @@ faults: e2e-deps kube-apiserver ## Fault injection with real processes: apiserve
 	go test -race -count=1 -timeout 15m $(if $(V),-v) ./test/faults/
 
 .PHONY: test
-test: e2e-deps tools kube-apiserver lint verify unit fuzz-short faults conformance ## Everything CI runs.
+test: e2e-deps tools kube-apiserver lint verify unit fuzz-short faults conformance e2e-node-short ## Everything CI runs.
 
 .PHONY: demo
 demo: e2e-deps build ## Real packets, real verdicts: the example policies on a simulated node (as root).
