@@ -151,11 +151,17 @@ func (e *env) tollgateState() string {
 
 // checkInstalled holds the running pods to the design: one Ready pod per
 // node; in each node, the queuer runs as uid 0 with exactly CAP_NET_ADMIN,
-// the decider as 65532 with no capability; and the decider talks to the
+// the decider as 65532 with no capability; the decider talks to the
 // apiserver through the in-cluster kubernetes Service, as kube-proxy's DNAT
-// of 10.96.0.1:443 in the node's conntrack table shows.
+// of 10.96.0.1:443 in the node's conntrack table shows; and the host's own
+// netfilter rules are still those `make cluster-up` found.
 func (e *env) checkInstalled(t *testing.T) {
 	t.Helper()
+	if before, err := os.ReadFile(filepath.Join(e.dir, "host-before.txt")); err != nil {
+		t.Errorf("host state from cluster-up: %v", err)
+	} else if was, now := localcluster.Netfilter(string(before)), localcluster.Netfilter(localcluster.HostState()); was != now {
+		t.Errorf("the host's netfilter rules changed while the cluster runs Tollgate:\n--- at cluster-up\n%s\n--- now\n%s", was, now)
+	}
 	ctx := context.Background()
 	pods, err := e.cluster.Client().CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=tollgate"})
 	if err != nil {

@@ -146,13 +146,16 @@ func (c Config) kubeletYAML() ([]byte, error) {
 			"anonymous": map[string]bool{"enabled": true},
 			"webhook":   map[string]bool{"enabled": false},
 		},
-		"authorization":            map[string]string{"mode": "AlwaysAllow"},
-		"address":                  c.NodeIP.String(),
-		"readOnlyPort":             0,
-		"healthzBindAddress":       "127.0.0.1",
-		"cgroupDriver":             "cgroupfs",
-		"failCgroupV1":             false,
-		"cgroupsPerQOS":            false,
+		"authorization":      map[string]string{"mode": "AlwaysAllow"},
+		"address":            c.NodeIP.String(),
+		"readOnlyPort":       0,
+		"healthzBindAddress": "127.0.0.1",
+		"cgroupDriver":       "cgroupfs",
+		"failCgroupV1":       false,
+		// QoS cgroups under the node's own root: without them the kubelet
+		// gives pods no cgroup parent and containerd puts every node's
+		// containers under the same /k8s.io.
+		"cgroupsPerQOS":            true,
 		"cgroupRoot":               c.CgroupRoot(),
 		"enforceNodeAllocatable":   []string{},
 		"failSwapOn":               false,

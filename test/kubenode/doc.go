@@ -2,8 +2,9 @@
 // cluster of `make cluster-up`: each node is a network namespace of its own
 // with its own containerd (root, state, socket, runc root), CNI
 // configuration (bridge + host-local + portmap from Debian's
-// containernetworking-plugins), kubelet (root dir, pod logs, cgroup root)
-// and kube-proxy (iptables mode).
+// containernetworking-plugins), kubelet (root dir, cert dir, pod logs, and
+// a cgroup root under which its QoS and pod cgroups live) and kube-proxy
+// (iptables mode).
 //
 // containerd, kubelet and kube-proxy are started with
 // `nsenter --net=/var/run/netns/NODE`, not `ip netns exec`, which would

@@ -81,7 +81,7 @@ func TestKubeletConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for key, want := range map[string]any{
-		"cgroupDriver": "cgroupfs", "failCgroupV1": false, "cgroupsPerQOS": false, "failSwapOn": false,
+		"cgroupDriver": "cgroupfs", "failCgroupV1": false, "cgroupsPerQOS": true, "failSwapOn": false,
 		"cgroupRoot": "/tollgate-node-1", "podLogsDir": "/c/n1/pod-logs",
 		"containerRuntimeEndpoint": "unix:///c/n1/containerd.sock", "address": "10.200.1.2",
 	} {

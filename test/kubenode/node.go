@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,6 +90,12 @@ func (n *Node) writeFiles() error {
 	}
 	for path, data := range files {
 		if err := os.WriteFile(path, data, 0o644); err != nil {
+			return fmt.Errorf("node %s: %w", c.Name, err)
+		}
+	}
+	// Each run's logs start empty (the process logs are appended to).
+	for _, name := range []string{"containerd", "kubelet", "kube-proxy"} {
+		if err := os.Remove(filepath.Join(c.Dir, name+".log")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("node %s: %w", c.Name, err)
 		}
 	}
