@@ -157,7 +157,13 @@ ingress: [{from: [{podSelector: {matchLabels: {pod: a}}, namespaceSelector: {}}]
 		}},
 	})
 	t.Run("ClusterIP Service through kube-proxy", sys.testService)
-	t.Run("rolling update of the DaemonSet", sys.testRollingUpdate)
+	t.Run("rolling update of the DaemonSet, fail-open", func(t *testing.T) { sys.testRollingUpdate(t, true) })
+	t.Run("rolling update of the DaemonSet, fail-closed", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("not in the short version (make e2e-node runs it)")
+		}
+		sys.testRollingUpdate(t, false)
+	})
 }
 
 // TestAdminNetworkPolicy installs deploy/install-anp.yaml (after the

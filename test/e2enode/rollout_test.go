@@ -3,6 +3,8 @@ package e2enode
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,12 +30,18 @@ const rolloutSlack = 2 * time.Second
 
 // testRollingUpdate restarts the DaemonSet (kubectl rollout restart) while
 // pods on both nodes keep opening connections to x/a, which admits only
-// namespace y. The manifests run fail-open, which promises: no allowed
-// connection ever fails; a denied one may pass only while the destination's
-// node has no Ready, non-terminating Tollgate pod (it runs in its fail mode
-// while its pod restarts); and once the rollout is done everything is
-// enforced again.
-func (e *env) testRollingUpdate(t *testing.T) {
+// namespace y, and holds the queuer's fail mode to its promise while x/a's
+// node has no Ready, non-terminating Tollgate pod (one node at a time:
+// maxUnavailable 1). Fail-open (the manifests' default): no allowed
+// connection ever fails, a denied one may pass only in that window.
+// Fail-closed (--fail-open=false patched into the queuer's arguments): no
+// denied connection ever passes, an allowed one may fail only in that
+// window. Either way everything is enforced again once the rollout is done.
+func (e *env) testRollingUpdate(t *testing.T, failOpen bool) {
+	if !failOpen {
+		e.setFailOpen(t, false)
+		t.Cleanup(func() { e.setFailOpen(t, true) })
+	}
 	policy := np("x", "from-y", `podSelector: {matchLabels: {pod: a}}
 ingress: [{from: [{namespaceSelector: {matchLabels: {ns: "y"}}}]}]`)
 	t.Cleanup(func() { _, _ = e.cluster.KubectlWithInput(policy, "delete", "--ignore-not-found", "-f", "-") })
@@ -96,19 +104,28 @@ ingress: [{from: [{namespaceSelector: {matchLabels: {ns: "y"}}}]}]`)
 		t.Errorf("probe failed to run: %v", err)
 	}
 	isAllowed := map[string]bool{allowed[0]: true, allowed[1]: true}
-	passedDenied := 0
+	inWindow := 0
 	for _, s := range samples {
+		if s.reachable == isAllowed[s.from] {
+			continue // as the policy says
+		}
+		at := fmt.Sprintf("at %v (%v after the restart)", s.start.Format(time.StampMilli), s.start.Sub(restart).Round(time.Millisecond))
 		switch {
-		case isAllowed[s.from] && !s.reachable:
-			t.Errorf("%s -> x/a failed at %v (%v after the restart): fail-open must never break an allowed connection", s.from, s.start.Format(time.StampMilli), s.start.Sub(restart).Round(time.Millisecond))
-		case !isAllowed[s.from] && s.reachable:
-			passedDenied++
-			if !overlaps(s, outages) {
-				t.Errorf("%s -> x/a passed at %v (%v after the restart) while %s had an enforcing Tollgate pod (outages %v)", s.from, s.start.Format(time.StampMilli), s.start.Sub(restart).Round(time.Millisecond), node, outages)
-			}
+		case failOpen && !s.reachable:
+			t.Errorf("%s -> x/a failed %s: fail-open must never break an allowed connection", s.from, at)
+		case !failOpen && s.reachable:
+			t.Errorf("%s -> x/a passed %s: fail-closed must never let a denied connection through", s.from, at)
+		case !overlaps(s, outages):
+			t.Errorf("%s -> x/a reachable=%v %s while %s had an enforcing Tollgate pod (outages %v)", s.from, s.reachable, at, node, outages)
+		default:
+			inWindow++
 		}
 	}
-	t.Logf("denied connections that passed in the fail-open window: %d", passedDenied)
+	if failOpen {
+		t.Logf("denied connections that passed in the fail-open window: %d", inWindow)
+	} else {
+		t.Logf("allowed connections that failed in the fail-closed window: %d", inWindow)
+	}
 	for _, from := range append(append([]string{}, allowed...), denied...) {
 		n := 0
 		for _, s := range samples {
@@ -119,6 +136,34 @@ ingress: [{from: [{namespaceSelector: {matchLabels: {ns: "y"}}}]}]`)
 		if n == 0 {
 			t.Errorf("no probe from %s after the rollout: nothing shows enforcement came back", from)
 		}
+	}
+}
+
+// setFailOpen sets the queuer's --fail-open flag in the DaemonSet and waits
+// for the rollout that follows.
+func (e *env) setFailOpen(t *testing.T, failOpen bool) {
+	ctx := context.Background()
+	ds, err := e.cluster.Client().AppsV1().DaemonSets("kube-system").Get(ctx, "tollgate", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for i, c := range ds.Spec.Template.Spec.Containers {
+		if c.Name != "queuer" {
+			continue
+		}
+		found = true
+		args := slices.DeleteFunc(slices.Clone(c.Args), func(a string) bool { return strings.HasPrefix(a, "--fail-open") })
+		ds.Spec.Template.Spec.Containers[i].Args = append(args, fmt.Sprintf("--fail-open=%t", failOpen))
+	}
+	if !found {
+		t.Fatal("the DaemonSet has no queuer container")
+	}
+	if _, err := e.cluster.Client().AppsV1().DaemonSets("kube-system").Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := e.cluster.Kubectl("-n", "kube-system", "rollout", "status", "ds/tollgate", "--timeout=4m"); err != nil {
+		t.Fatalf("rollout to --fail-open=%t: %v\n%s\n%s", failOpen, err, out, e.tollgateState())
 	}
 }
 
