@@ -4,6 +4,7 @@
 //
 //	decider [--kubeconfig PATH | --manifests DIR] [--socket PATH] [--node-name NAME]
 //	decider healthcheck [--socket PATH]
+//	decider explain --help
 package main
 
 import (
@@ -31,6 +32,8 @@ import (
 
 	"github.com/tollgate/tollgate/decider/api"
 	"github.com/tollgate/tollgate/decider/engine"
+	"github.com/tollgate/tollgate/decider/explain"
+	"github.com/tollgate/tollgate/decider/resolved"
 	"github.com/tollgate/tollgate/decider/source"
 	"github.com/tollgate/tollgate/decider/state"
 	"github.com/tollgate/tollgate/internal/version"
@@ -42,6 +45,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(healthcheck(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "explain" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := explain.Main(ctx, os.Args[2:], os.Stdin, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "decider:", err)
 		os.Exit(1)
@@ -51,6 +60,8 @@ func main() {
 type config struct {
 	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
 	settle, crdCheck                                               time.Duration
+	maxPolicySeries                                                int
+	dns                                                            resolved.Options
 	printVersion                                                   bool
 }
 
@@ -64,6 +75,12 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
 	fs.DurationVar(&c.crdCheck, "crd-check-interval", source.DefaultCRDCheckInterval, "how often to ask discovery which network-policy-api kinds are served")
+	fs.IntVar(&c.maxPolicySeries, "metrics-max-policies", api.DefaultMaxPolicySeries,
+		"how many policies get their own series in the per-policy metrics; the verdicts and warnings of the others add up under policy=\""+api.OtherPolicy+"\"")
+	fs.DurationVar(&c.dns.MinTTL, "dns-min-ttl", resolved.DefaultMinTTL, "domainNames: keep a learned DNS answer at least this long, whatever its TTL")
+	fs.DurationVar(&c.dns.MaxTTL, "dns-max-ttl", resolved.DefaultMaxTTL, "domainNames: keep a learned DNS answer at most this long, whatever its TTL")
+	fs.IntVar(&c.dns.MaxPerPod, "dns-max-per-pod", resolved.DefaultMaxPerPod, "domainNames: learned (name, address) pairs kept per pod; past it the soonest to expire go")
+	fs.IntVar(&c.dns.MaxTotal, "dns-max-entries", resolved.DefaultMaxTotal, "domainNames: learned (pod, name, address) entries kept in all")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -112,9 +129,12 @@ func run(args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := api.NewMetrics(reg)
+	metrics := api.NewMetrics(reg, cfg.maxPolicySeries)
 	st := state.New()
-	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics, Instance: newInstance()})
+	dnsStore := resolved.New(cfg.dns)
+	api.RegisterDNS(reg, func() (int, int, uint64) { s := dnsStore.Stats(); return s.Entries, s.Pods, s.Evicted })
+	keeper := resolved.NewKeeper(dnsStore, st, cfg.nodeName)
+	srv := api.New(st, api.Options{NodeName: cfg.nodeName, Metrics: metrics, Instance: newInstance(), DNS: keeper})
 
 	lis, err := api.Listen(cfg.socket)
 	if err != nil {
@@ -134,6 +154,7 @@ func run(args []string) error {
 			errs <- fmt.Errorf("source: %w", err)
 		}
 	}()
+	go keeper.Run(ctx, time.Second)
 	warned := map[string]bool{}
 	go st.Run(ctx, cfg.settle, src.HasSynced, func() engine.Input { return src.Input() }, func(v *state.View) {
 		stats := v.Snapshot.Stats()
@@ -146,7 +167,7 @@ func run(args []string) error {
 				log.Warn("policy warning", "msg", w)
 			}
 		}
-		metrics.Published(v.Generation, v.CompileTime, stats)
+		metrics.Published(v)
 		if v.Generation == 1 {
 			srv.MarkServing()
 		}

@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/tollgate/tollgate/internal/testenv"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 )
 
@@ -389,7 +390,7 @@ func findGrpcurl(t *testing.T) string {
 	if p, err := exec.LookPath("grpcurl"); err == nil {
 		return p
 	}
-	t.Skipf("grpcurl is not at %s nor on PATH (GOBIN=$PWD/.cache/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4); the Go client checks above still ran", local)
+	testenv.Skip(t, "grpcurl is not at %s nor on PATH (make tools); the Go client checks above still ran", local)
 	return ""
 }
 

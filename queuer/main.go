@@ -26,40 +26,51 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tollgate/tollgate/internal/version"
+	"github.com/tollgate/tollgate/queuer/agent"
 	"github.com/tollgate/tollgate/queuer/cache"
 	"github.com/tollgate/tollgate/queuer/client"
 	"github.com/tollgate/tollgate/queuer/conntrack"
 	"github.com/tollgate/tollgate/queuer/dataplane"
+	"github.com/tollgate/tollgate/queuer/decisionlog"
 	"github.com/tollgate/tollgate/queuer/nfq"
 )
 
 // options are the command-line flags.
 type options struct {
-	deciderSocket  string
-	failOpen       bool
-	queues         uint
-	firstQueue     uint
-	queueMaxLen    uint
-	queueWorkers   int
-	queueMode      string
-	metricsAddr    string
-	nodeName       string
-	cacheSize      int
-	cacheTTL       time.Duration
-	kernelCacheTTL time.Duration
-	decideTimeout  time.Duration
-	cutEstablished bool
-	showVersion    bool
+	deciderSocket   string
+	failOpen        bool
+	queues          uint
+	firstQueue      uint
+	queueMaxLen     uint
+	queueWorkers    int
+	queueMode       string
+	metricsAddr     string
+	nodeName        string
+	cacheSize       int
+	cacheTTL        time.Duration
+	kernelCacheTTL  time.Duration
+	kernelCacheSize int
+	decideTimeout   time.Duration
+	cutEstablished  bool
+	checkInterval   time.Duration
+	showVersion     bool
+	logDecisions    decisionlog.Mode
+	logRate         float64
+	dnsQueue        uint
 }
 
 func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("queuer", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: queuer [flags]\n       queuer cleanup   remove the ruleset for good (uninstall)\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&o.deciderSocket, "decider-socket", "/run/tollgate/decider.sock", "Unix socket of the decider")
-	fs.BoolVar(&o.failOpen, "fail-open", true, "accept packets while no verdict can be had (else drop them, also across restarts)")
+	fs.BoolVar(&o.failOpen, "fail-open", true, "accept packets while no decider can be asked (else drop them, also across restarts)")
 	fs.UintVar(&o.queues, "queues", uint(runtime.NumCPU()), "number of NFQUEUE queues, fanned out across CPUs")
 	fs.UintVar(&o.firstQueue, "nfqueue-id", 100, "first NFQUEUE queue number")
-	fs.UintVar(&o.queueMaxLen, "queue-maxlen", 1024, "kernel queue length per queue")
+	fs.UintVar(&o.queueMaxLen, "queue-maxlen", 1024, "kernel queue length per queue (a full queue drops, in both fail modes)")
 	fs.IntVar(&o.queueWorkers, "queue-workers", 16, "handler goroutines per queue, so that decider misses overlap")
 	fs.StringVar(&o.queueMode, "queue-mode", "auto", "how packets reach NFQUEUE: auto, nft (native queue statement) or xt (iptables NFQUEUE target)")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9080", "address of /metrics, /healthz and /readyz (empty disables)")
@@ -67,9 +78,18 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.cacheSize, "cache-size", 65536, "entries of the userspace verdict cache")
 	fs.DurationVar(&o.cacheTTL, "cache-ttl", time.Minute, "lifetime of userspace verdict-cache entries (a safety net; generations invalidate them)")
 	fs.DurationVar(&o.kernelCacheTTL, "kernel-cache-ttl", time.Minute, "timeout of kernel verdict-cache entries, whole seconds")
-	fs.DurationVar(&o.decideTimeout, "decide-timeout", 250*time.Millisecond, "how long a packet waits for the decider before the fail mode applies")
+	fs.IntVar(&o.kernelCacheSize, "kernel-cache-size", dataplane.DefaultVerdictCacheSize, "entries of each of the four kernel verdict sets; when one is full, new verdicts are answered by the queuer without being cached in the kernel")
+	fs.DurationVar(&o.decideTimeout, "decide-timeout", 250*time.Millisecond, "how long a packet waits for the decider; a connected decider that does not answer in time gets the packet dropped (it is retransmitted), one that is not connected gets the fail mode")
 	fs.BoolVar(&o.cutEstablished, "cut-established", true, "after each policy change, cut established connections of selected pods that policy now denies")
+	fs.DurationVar(&o.checkInterval, "check-interval", 2*time.Second, "how often the ruleset is checked and, if something removed or changed it, restored (0 disables)")
+	fs.UintVar(&o.dnsQueue, "dns-nfqueue-id", 0, "queue of the DNS answers learned for domainNames rules (default: the one after the verdict queues)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.logDecisions = decisionlog.ModeDeny
+	fs.Func("log-decisions", "decided connections to log on standard output as JSON lines: none, deny or all (default deny)", func(s string) (err error) {
+		o.logDecisions, err = decisionlog.ParseMode(s)
+		return err
+	})
+	fs.Float64Var(&o.logRate, "log-decisions-rate", decisionlog.DefaultRate, "decision log lines per second at most (bursts of twice that); the others are counted in a \"suppressed\" line")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -81,12 +101,20 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--queues %d: want 1..65535", o.queues)
 	case o.firstQueue+o.queues-1 > 65535:
 		return o, fmt.Errorf("--nfqueue-id %d with --queues %d exceeds queue 65535", o.firstQueue, o.queues)
+	case o.dnsQueue > 65535:
+		return o, fmt.Errorf("--dns-nfqueue-id %d exceeds queue 65535", o.dnsQueue)
 	case o.queueMaxLen < 1 || o.queueMaxLen > 1<<31:
 		return o, fmt.Errorf("--queue-maxlen %d out of range", o.queueMaxLen)
 	case o.cacheSize < 1:
 		return o, fmt.Errorf("--cache-size %d: want at least 1", o.cacheSize)
+	case o.kernelCacheSize < 1:
+		return o, fmt.Errorf("--kernel-cache-size %d: want at least 1", o.kernelCacheSize)
 	case o.decideTimeout <= 0:
 		return o, errors.New("--decide-timeout must be positive")
+	case o.checkInterval < 0:
+		return o, errors.New("--check-interval must not be negative")
+	case o.logRate <= 0:
+		return o, errors.New("--log-decisions-rate must be positive")
 	}
 	if o.nodeName == "" {
 		o.nodeName = os.Getenv("NODE_NAME")
@@ -102,6 +130,13 @@ func parseFlags(args []string) (options, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "cleanup" {
+		if err := cleanup(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "queuer cleanup:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -122,17 +157,36 @@ func main() {
 	}
 }
 
+// ipvsInterface is the dummy interface kube-proxy creates in IPVS mode.
+const ipvsInterface = "kube-ipvs0"
+
+// checkNotIPVS refuses to run beside kube-proxy in IPVS mode.
+func checkNotIPVS() error {
+	if _, err := net.InterfaceByName(ipvsInterface); err == nil {
+		return fmt.Errorf("kube-proxy runs in IPVS mode here (interface %s exists): IPVS translates Service "+
+			"addresses inside its own hook, so the queuer's forward and input chains would judge connections "+
+			"to a ClusterIP instead of the pod behind it; run kube-proxy in iptables or nftables mode "+
+			"(docs/dataplane.md)", ipvsInterface)
+	}
+	return nil
+}
+
 // run wires the parts together and serves until ctx ends.
 func run(ctx context.Context, o options) error {
 	slog.Info("starting queuer", "version", version.Version, "node", o.nodeName,
 		"failOpen", o.failOpen, "queues", o.queues, "firstQueue", o.firstQueue)
+	if err := checkNotIPVS(); err != nil {
+		return err
+	}
 
 	dp, err := dataplane.New(dataplane.Config{
-		QueueMode:  o.queueMode,
-		FirstQueue: uint16(o.firstQueue),
-		QueueCount: uint16(o.queues),
-		FailOpen:   o.failOpen,
-		VerdictTTL: o.kernelCacheTTL,
+		QueueMode:        o.queueMode,
+		FirstQueue:       uint16(o.firstQueue),
+		QueueCount:       uint16(o.queues),
+		FailOpen:         o.failOpen,
+		VerdictTTL:       o.kernelCacheTTL,
+		VerdictCacheSize: o.kernelCacheSize,
+		DNSQueue:         uint16(o.dnsQueue),
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
@@ -145,54 +199,36 @@ func run(ctx context.Context, o options) error {
 
 	vc := cache.New(cache.Options{Size: o.cacheSize, TTL: o.cacheTTL})
 	counters := nfq.NewCounters(uint16(o.firstQueue), uint16(o.queues))
-	m := newMetrics(vc, counters, procNFQueue)
-	m.dataplaneMode.WithLabelValues(string(dp.Mode())).Set(1)
-	batcher := newKernelBatcher(dp, m)
-	h := &handler{cache: vc, decider: dec, sink: batcher, failOpen: o.failOpen, timeout: o.decideTimeout, metrics: m}
+	m := agent.NewMetrics(vc, counters, agent.ProcNFQueue)
+	m.SetMode(string(dp.Mode()))
+
+	var table *conntrack.Client
+	if o.cutEstablished {
+		if table, err = conntrack.Dial(); err != nil {
+			return err
+		}
+		defer table.Close() // after the agent's loops have ended (below)
+	}
+	var ct conntrack.Table
+	if table != nil {
+		ct = table
+	}
+	decisions := decisionlog.New(os.Stdout, decisionlog.Options{Mode: o.logDecisions, Rate: o.logRate, Burst: max(1, int(2*o.logRate))})
+	a := agent.New(agent.Config{
+		NodeName:       o.nodeName,
+		FailOpen:       o.failOpen,
+		DecideTimeout:  o.decideTimeout,
+		LearnVerdicts:  true,
+		CutEstablished: o.cutEstablished,
+		CheckInterval:  o.checkInterval,
+		Decisions:      decisions,
+	}, vc, dec, dp, ct, m)
 
 	var setUp atomic.Bool
-	ready := func() bool { return setUp.Load() && dec.Connected() && h.watched.Load() }
-	srv, err := serveHTTP(o.metricsAddr, m, ready)
+	srv, err := serveHTTP(o.metricsAddr, m, func(ctx context.Context) bool { return setUp.Load() && a.Ready(ctx) })
 	if err != nil {
 		return err
 	}
-
-	if err := dp.Setup(ctx); err != nil {
-		return fmt.Errorf("dataplane setup: %w", err)
-	}
-	setUp.Store(true)
-	m.countBypass(dp.QueuedPackets, o.failOpen)
-	defer shutdownDataplane(dp, o.failOpen)
-
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	bg, cancelBg := context.WithCancel(ctx)
-	defer cancelBg()
-	wg.Go(func() { dec.Run(bg) })
-	wg.Go(func() { batcher.Run(bg) })
-	var cutter *flowCutter
-	if o.cutEstablished {
-		table, err := conntrack.Dial()
-		if err != nil {
-			return err
-		}
-		defer table.Close()
-		cutter = newFlowCutter(table, dec, dp, time.Second)
-		m.countCuts(cutter.cutter.Stats)
-		wg.Go(func() { cutter.Run(bg) })
-	}
-	wg.Go(func() {
-		_ = dec.Watch(bg, o.nodeName, func(u client.WatchUpdate) {
-			if err := h.applyWatch(bg, dp, u); err != nil {
-				slog.Error("applying decider state failed", "generation", u.Generation, "err", err)
-				return
-			}
-			slog.Info("decider state applied", "generation", u.Generation, "ipv4", len(u.IPv4), "ipv6", len(u.IPv6))
-			if cutter != nil {
-				cutter.Trigger(u)
-			}
-		})
-	})
 	if srv != nil {
 		defer func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -201,17 +237,47 @@ func run(ctx context.Context, o options) error {
 		}()
 	}
 
+	if err := dp.Setup(ctx); err != nil {
+		return fmt.Errorf("dataplane setup: %w", err)
+	}
+	setUp.Store(true)
+	m.CountBypass(dp.QueuedPackets, o.failOpen)
+	defer shutdownDataplane(dp)
+
+	// The agent's loops and the decider stream end before the conntrack
+	// socket and the decider connection close (deferred above).
+	var wg sync.WaitGroup
+	bg, cancelBg := context.WithCancel(ctx)
+	defer func() {
+		cancelBg()
+		wg.Wait()
+	}()
+	wg.Go(func() { dec.Run(bg) })
+	wg.Go(func() { a.Run(bg) })
+	wg.Go(func() { decisions.Run(bg) })
+
+	// DNS answers for domainNames rules: their own queue, answered by
+	// HandleDNS, which never drops one.
+	wg.Go(func() {
+		err := nfq.Run(bg, nfq.Config{First: dp.DNSQueue(), Count: 1, Workers: 4,
+			OnError: func(queue uint16, err error) { slog.Warn("nfqueue error", "queue", queue, "err", err) },
+		}, a.HandleDNS)
+		if err != nil {
+			slog.Error("DNS answers cannot be read; domainNames rules match nothing new", "queue", dp.DNSQueue(), "err", err)
+		}
+	})
+
 	err = nfq.Run(ctx, nfq.Config{
-		First:    uint16(o.firstQueue),
-		Count:    uint16(o.queues),
-		MaxLen:   uint32(o.queueMaxLen),
-		FailOpen: o.failOpen,
-		Workers:  o.queueWorkers,
-		Counters: counters,
+		First:        uint16(o.firstQueue),
+		Count:        uint16(o.queues),
+		MaxLen:       uint32(o.queueMaxLen),
+		Workers:      o.queueWorkers,
+		Counters:     counters,
+		AfterVerdict: a.AfterVerdict,
 		OnError: func(queue uint16, err error) {
 			slog.Warn("nfqueue error", "queue", queue, "err", err)
 		},
-	}, h.handle)
+	}, a.Handle)
 	if err != nil {
 		return fmt.Errorf("nfqueue: %w", err)
 	}
@@ -219,20 +285,41 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
-// shutdownDataplane removes the ruleset under fail-open; under fail-closed
-// Shutdown leaves it so that packets of selected pods stay dropped until the
-// queuer is back.
-func shutdownDataplane(dp *dataplane.Dataplane, failOpen bool) {
+// shutdownDataplane ends the dataplane. The ruleset and its caches stay in
+// both fail modes, so that the node stays enforced while the queuer
+// restarts (a rolling update); `queuer cleanup` removes them.
+func shutdownDataplane(dp *dataplane.Dataplane) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := dp.Shutdown(ctx); err != nil {
-		slog.Error("dataplane shutdown failed", "failOpen", failOpen, "err", err)
+		slog.Error("dataplane shutdown failed", "err", err)
 	}
+}
+
+// cleanup removes the table and the iptables rules: what an uninstall
+// leaves behind (a DaemonSet's pods cannot tell their deletion from a
+// restart, so they never remove it themselves).
+func cleanup(args []string) error {
+	fs := flag.NewFlagSet("queuer cleanup", flag.ContinueOnError)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dp, err := dataplane.New(dataplane.Config{QueueMode: "xt", QueueCount: 1})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := dp.Remove(ctx); err != nil {
+		return err
+	}
+	fmt.Println("removed table inet " + dataplane.TableName + " and the iptables rules")
+	return nil
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz on addr; empty addr
 // disables it and returns a nil server.
-func serveHTTP(addr string, m *metrics, ready func() bool) (*http.Server, error) {
+func serveHTTP(addr string, m *agent.Metrics, ready func(context.Context) bool) (*http.Server, error) {
 	if addr == "" {
 		return nil, nil
 	}
@@ -250,16 +337,16 @@ func serveHTTP(addr string, m *metrics, ready func() bool) (*http.Server, error)
 }
 
 // newMux routes the HTTP endpoints. /healthz answers while the process runs;
-// /readyz once the dataplane is set up, the decider stream is connected and
-// the decider's first state has been applied.
-func newMux(m *metrics, ready func() bool) *http.ServeMux {
+// /readyz while the ruleset is in place, the decider stream is connected and
+// the decider's state has been applied.
+func newMux(m *agent.Metrics, ready func(context.Context) bool) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry(), promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready(r.Context()) {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}

@@ -26,6 +26,26 @@ func podRef(p engine.PodRef) *tollgatev1.PodRef {
 	return &tollgatev1.PodRef{Namespace: p.Namespace, Name: p.Name}
 }
 
+// explanations converts d, the decision of t by snap: one explanation per
+// evaluated direction, or one saying that a pod reached itself.
+func explanations(snap *engine.Snapshot, t engine.Tuple, d *engine.Decision) []*tollgatev1.Explanation {
+	var out []*tollgatev1.Explanation
+	if d.SamePod {
+		ref, _ := snap.PodAt(t.Src)
+		out = append(out, &tollgatev1.Explanation{
+			Direction: tollgatev1.Direction_DIRECTION_EGRESS, Pod: podRef(ref), Tier: tollgatev1.Tier_TIER_DEFAULT,
+			Action: tollgatev1.Action_ACTION_ALLOW, Verdict: tollgatev1.Verdict_VERDICT_ALLOW,
+			Reason: fmt.Sprintf("%s/%s reaches its own IP directly: not subject to policy", ref.Namespace, ref.Name),
+		})
+	}
+	for _, e := range []*engine.Explanation{&d.Egress, &d.Ingress} {
+		if e.Evaluated {
+			out = append(out, explanation(*e))
+		}
+	}
+	return out
+}
+
 // explanation converts one evaluated direction.
 func explanation(e engine.Explanation) *tollgatev1.Explanation {
 	out := &tollgatev1.Explanation{
@@ -35,6 +55,7 @@ func explanation(e engine.Explanation) *tollgatev1.Explanation {
 		Action:    actions[e.Action],
 		Verdict:   verdict(e.Allowed),
 		Reason:    Reason(e),
+		Domain:    e.Domain,
 	}
 	if e.Direction == engine.Egress {
 		out.Direction = tollgatev1.Direction_DIRECTION_EGRESS
@@ -69,6 +90,9 @@ func Reason(e engine.Explanation) string {
 	rule := fmt.Sprintf("rule %d", e.Rule)
 	if e.RuleName != "" {
 		rule += fmt.Sprintf(" %q", e.RuleName)
+	}
+	if e.Domain != "" {
+		rule += fmt.Sprintf(" (domain %s)", e.Domain)
 	}
 	return fmt.Sprintf("%s: %s %s %s%s", who, policyName(e.Policy), rule, verb, pass)
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // TestMain lets the test binary act as a plain socket client, so that a
@@ -28,9 +30,7 @@ func TestMain(m *testing.M) {
 // TestSocketRefusesOtherUsers: a process of another user, not in the
 // socket's group, cannot connect; one in the group can.
 func TestSocketRefusesOtherUsers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a child as another user")
-	}
+	testenv.NeedRoot(t, "to run a child as another user")
 	// Not t.TempDir: its parent is private to root.
 	dir, err := os.MkdirTemp("", "tollgate-perm-")
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tollgate/tollgate/decider/engine"
+	"github.com/tollgate/tollgate/decider/resolved"
 	"github.com/tollgate/tollgate/decider/state"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 )
@@ -36,6 +37,9 @@ type Options struct {
 	// Instance names this server's generation numbering in Watch responses
 	// (see WatchResponse.instance); it must differ between processes.
 	Instance string
+	// DNS, if not nil, learns the node's pods' DNS answers (Learn);
+	// without it Learn is UNIMPLEMENTED.
+	DNS *resolved.Keeper
 }
 
 // Server implements tollgatev1.DeciderServiceServer over a state.State.
@@ -102,21 +106,10 @@ func (s *Server) Decide(ctx context.Context, req *tollgatev1.DecideRequest) (*to
 		s.opts.Metrics.request("Decide", "unavailable")
 		return nil, status.Error(codes.Unavailable, "the decider has not synced its sources yet")
 	}
-	d := v.Snapshot.Decide(t)
-	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation}
-	if d.SamePod {
-		ref, _ := v.Snapshot.PodAt(t.Src)
-		resp.Explanations = append(resp.Explanations, &tollgatev1.Explanation{
-			Direction: tollgatev1.Direction_DIRECTION_EGRESS, Pod: podRef(ref), Tier: tollgatev1.Tier_TIER_DEFAULT,
-			Action: tollgatev1.Action_ACTION_ALLOW, Verdict: tollgatev1.Verdict_VERDICT_ALLOW,
-			Reason: fmt.Sprintf("%s/%s reaches its own IP directly: not subject to policy", ref.Namespace, ref.Name),
-		})
-	}
-	for _, e := range []engine.Explanation{d.Egress, d.Ingress} {
-		if e.Evaluated {
-			resp.Explanations = append(resp.Explanations, explanation(e))
-		}
-	}
+	t.DNS = v.DNS
+	d, ids := v.Snapshot.DecideIDs(t)
+	s.opts.Metrics.decided(v.Snapshot, &d, &ids)
+	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation, Explanations: explanations(v.Snapshot, t, &d)}
 	s.opts.Metrics.request("Decide", resp.Verdict.String())
 	s.opts.Metrics.observe(time.Since(start))
 	return resp, nil
@@ -146,8 +139,14 @@ func (s *Server) DecideStream(stream tollgatev1.DeciderService_DecideStreamServe
 			case v == nil:
 				r.Error = "no snapshot yet"
 			default:
-				r.Verdict = verdict(v.Snapshot.Decide(t).Allowed)
+				t.DNS = v.DNS
+				d, ids := v.Snapshot.DecideIDs(t)
+				s.opts.Metrics.decided(v.Snapshot, &d, &ids)
+				r.Verdict = verdict(d.Allowed)
 				r.Generation = v.Generation
+				if x := q.GetExplain(); x == tollgatev1.Explain_EXPLAIN_ALL || (x == tollgatev1.Explain_EXPLAIN_DENIED && !d.Allowed) {
+					r.Explanations = explanations(v.Snapshot, t, &d)
+				}
 			}
 			resp.Results = append(resp.Results, r)
 		}
@@ -170,7 +169,7 @@ func (s *Server) Watch(req *tollgatev1.WatchRequest, stream tollgatev1.DeciderSe
 	for {
 		changed := s.state.Changed()
 		if v := s.state.Current(); v != nil && v.Generation != sent {
-			resp := watchResponse(v, node)
+			resp := s.watchResponse(v, node)
 			resp.Instance = s.opts.Instance
 			ips, all := s.state.ChangedBetween(sent, v.Generation)
 			resp.ChangedAll = all
@@ -192,18 +191,58 @@ func (s *Server) Watch(req *tollgatev1.WatchRequest, stream tollgatev1.DeciderSe
 	}
 }
 
-func watchResponse(v *state.View, node string) *tollgatev1.WatchResponse {
+func (s *Server) watchResponse(v *state.View, node string) *tollgatev1.WatchResponse {
 	resp := &tollgatev1.WatchResponse{Generation: v.Generation}
-	for _, ip := range v.Snapshot.SelectedPodIPs(node) {
-		if ip.Is4() {
-			b := ip.As4()
-			resp.SelectedIpv4 = append(resp.SelectedIpv4, slices.Clone(b[:]))
-		} else {
-			b := ip.As16()
-			resp.SelectedIpv6 = append(resp.SelectedIpv6, slices.Clone(b[:]))
-		}
+	resp.SelectedIpv4, resp.SelectedIpv6 = splitFamilies(v.Snapshot.SelectedPodIPs(node))
+	if s.opts.DNS != nil {
+		resp.DnsIpv4, resp.DnsIpv6 = splitFamilies(v.Snapshot.DomainPodIPs(node))
 	}
 	return resp
+}
+
+// splitFamilies turns addresses into their 4- and 16-byte forms.
+func splitFamilies(ips []netip.Addr) (v4, v6 [][]byte) {
+	for _, ip := range ips {
+		if ip.Is4() {
+			b := ip.As4()
+			v4 = append(v4, slices.Clone(b[:]))
+		} else {
+			b := ip.As16()
+			v6 = append(v6, slices.Clone(b[:]))
+		}
+	}
+	return v4, v6
+}
+
+// Learn records a DNS answer that a pod of the node received.
+func (s *Server) Learn(_ context.Context, req *tollgatev1.LearnRequest) (*tollgatev1.LearnResponse, error) {
+	if s.opts.DNS == nil {
+		return nil, status.Error(codes.Unimplemented, "this decider does not learn DNS answers")
+	}
+	pod, ok := netip.AddrFromSlice(req.GetPodAddr())
+	if !ok {
+		return nil, status.Errorf(codes.InvalidArgument, "pod_addr: %d bytes, want 4 or 16", len(req.GetPodAddr()))
+	}
+	answers := make([]resolved.Answer, 0, len(req.GetResolutions()))
+	for i, r := range req.GetResolutions() {
+		a := resolved.Answer{Names: r.GetNames(), TTL: time.Duration(r.GetTtlSeconds()) * time.Second}
+		for j, b := range r.GetAddresses() {
+			addr, ok := netip.AddrFromSlice(b)
+			if !ok {
+				return nil, status.Errorf(codes.InvalidArgument, "resolutions[%d].addresses[%d]: %d bytes, want 4 or 16", i, j, len(b))
+			}
+			a.Addrs = append(a.Addrs, addr.Unmap())
+		}
+		answers = append(answers, a)
+	}
+	gen, learned := s.opts.DNS.Learn(pod.Unmap(), answers)
+	s.opts.Metrics.learned(learned)
+	if gen == 0 {
+		if v := s.state.Current(); v != nil {
+			gen = v.Generation
+		}
+	}
+	return &tollgatev1.LearnResponse{Generation: gen}, nil
 }
 
 func verdict(allowed bool) tollgatev1.Verdict {

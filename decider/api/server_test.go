@@ -45,12 +45,17 @@ func cluster(withPolicy bool) engine.Input {
 
 func startServer(t *testing.T, st *state.State) (tollgatev1.DeciderServiceClient, *grpc.ClientConn, *Server, string) {
 	t.Helper()
+	return startServerWith(t, st, Options{NodeName: "n1", Instance: "i1"})
+}
+
+func startServerWith(t *testing.T, st *state.State, opts Options) (tollgatev1.DeciderServiceClient, *grpc.ClientConn, *Server, string) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	lis, err := Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(st, Options{NodeName: "n1", Instance: "i1"})
+	srv := New(st, opts)
 	g := srv.NewGRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)

@@ -164,7 +164,7 @@ spec:
 			{"z/a -> y/a:80/TCP", false}, {"1.2.3.4 -> y/a:80/TCP", false},
 		},
 	}, {
-		name: "domainNames Allow matches nothing until DNS support",
+		name: "domainNames Allow matches nothing without DNS answers",
 		policies: anpAPI + `kind: AdminNetworkPolicy
 metadata: {name: dns}
 spec:

@@ -86,6 +86,7 @@ func (cc *Compiler) Compile(in Input) *Snapshot {
 		npRules:  make(map[string]*npRule),
 		nextNPs:  make(map[*networkingv1.NetworkPolicy]*compiledNP, len(in.NetworkPolicies)),
 	}
+	in = usable(in, c.warnf)
 	c.addNamespaces(in)
 	if sameNamespaces(cc.namespaces, c.namespaces) {
 		c.prevNPs = cc.nps
@@ -106,6 +107,7 @@ func (cc *Compiler) Compile(in Input) *Snapshot {
 			s.stats.SelectedPods++
 		}
 	}
+	s.numberPolicies()
 	slices.Sort(s.warnings)
 	s.warnings = slices.Compact(s.warnings)
 	return s
@@ -434,7 +436,7 @@ func (c *compiler) compileANP(p *v1alpha1.AdminNetworkPolicy) *clusterPolicy {
 	for i, r := range p.Spec.Egress {
 		peers := make([]rawPeer, len(r.To))
 		for j, t := range r.To {
-			peers[j] = rawPeer{namespaces: t.Namespaces, pods: t.Pods, nodes: t.Nodes, networks: cidrs(t.Networks), domainNames: len(t.DomainNames) > 0}
+			peers[j] = rawPeer{namespaces: t.Namespaces, pods: t.Pods, nodes: t.Nodes, networks: cidrs(t.Networks), domainNames: domains(t.DomainNames)}
 		}
 		cp.rules[Egress] = append(cp.rules[Egress], c.clusterRule(ref, Egress, i, r.Name, anpAction(string(r.Action)), peers, c.anpPorts(ref, r.Ports)))
 	}
@@ -501,7 +503,7 @@ func (c *compiler) compileCNP(p *v1alpha2.ClusterNetworkPolicy) (*clusterPolicy,
 			for k, n := range t.Networks {
 				nets[k] = string(n)
 			}
-			peers[j] = rawPeer{namespaces: t.Namespaces, pods: cnpPods(t.Pods), nodes: t.Nodes, networks: nets, domainNames: len(t.DomainNames) > 0}
+			peers[j] = rawPeer{namespaces: t.Namespaces, pods: cnpPods(t.Pods), nodes: t.Nodes, networks: nets, domainNames: domains(t.DomainNames)}
 		}
 		cp.rules[Egress] = append(cp.rules[Egress], c.clusterRule(ref, Egress, i, r.Name, cnpAction(r.Action), peers, c.cnpPorts(ref, r.Protocols)))
 	}
@@ -569,7 +571,19 @@ type rawPeer struct {
 	pods        *v1alpha1.NamespacedPod
 	nodes       *metav1.LabelSelector
 	networks    []string
-	domainNames bool
+	domainNames []string
+}
+
+// domains turns the API's domain names into strings.
+func domains[T ~string](ds []T) []string {
+	if len(ds) == 0 {
+		return nil
+	}
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = string(d)
+	}
+	return out
 }
 
 // clusterRule compiles one rule. A peer or port the engine cannot interpret
@@ -621,11 +635,23 @@ func (c *compiler) clusterRule(ref PolicyRef, d Direction, index int, name strin
 			}
 			r.peers = append(r.peers, clusterPeer{kind: peerNetworks, nets: nets})
 		}
-		if p.domainNames {
+		if len(p.domainNames) > 0 {
 			set++
-			// TODO(dns): domainNames needs DNS snooping; until then an
-			// Allow rule for domain names matches nothing.
-			r.peers = append(r.peers, clusterPeer{kind: peerNothing})
+			peer := clusterPeer{kind: peerDomains}
+			for _, d := range p.domainNames {
+				dp, ok := parseDomainPattern(d)
+				if !ok {
+					c.warnf("%s: domain name %q is not a name or a \"*.\" wildcard; failing closed", where, d)
+					known = false
+					continue
+				}
+				peer.domains = append(peer.domains, dp)
+			}
+			if d != Egress || action != ActionAllow {
+				c.warnf("%s: domainNames peers are only for egress %s rules; failing closed", where, ActionAllow)
+				known = false
+			}
+			r.peers = append(r.peers, peer)
 		}
 		if set != 1 {
 			c.warnf("%s: a peer must set exactly one field (it sets %d); failing closed", where, set)

@@ -22,6 +22,8 @@ import (
 // verdict in both snapshots, so a dataplane needs to re-examine only the
 // established connections that touch one of them.
 func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []netip.Addr {
+	ignore := func(string, ...any) {}
+	prevIn, nextIn = usable(prevIn, ignore), usable(nextIn, ignore)
 	out := map[netip.Addr]struct{}{}
 	add := func(ips ...netip.Addr) {
 		for _, ip := range ips {
@@ -30,13 +32,13 @@ func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []ne
 	}
 
 	policies := map[PolicyRef]struct{}{}
-	changedPolicies(prevIn.NetworkPolicies, nextIn.NetworkPolicies, KindNetworkPolicy,
+	changedPolicies(prevIn.NetworkPolicies, nextIn.NetworkPolicies, KindNetworkPolicy, true,
 		func(p *networkingv1.NetworkPolicy) any { return &p.Spec }, policies)
-	changedPolicies(prevIn.AdminNetworkPolicies, nextIn.AdminNetworkPolicies, KindAdminNetworkPolicy,
+	changedPolicies(prevIn.AdminNetworkPolicies, nextIn.AdminNetworkPolicies, KindAdminNetworkPolicy, false,
 		func(p *v1alpha1.AdminNetworkPolicy) any { return &p.Spec }, policies)
-	changedPolicies(prevIn.BaselineAdminNetworkPolicies, nextIn.BaselineAdminNetworkPolicies, KindBaselineAdminNetworkPolicy,
+	changedPolicies(prevIn.BaselineAdminNetworkPolicies, nextIn.BaselineAdminNetworkPolicies, KindBaselineAdminNetworkPolicy, false,
 		func(p *v1alpha1.BaselineAdminNetworkPolicy) any { return &p.Spec }, policies)
-	changedPolicies(prevIn.ClusterNetworkPolicies, nextIn.ClusterNetworkPolicies, KindClusterNetworkPolicy,
+	changedPolicies(prevIn.ClusterNetworkPolicies, nextIn.ClusterNetworkPolicies, KindClusterNetworkPolicy, false,
 		func(p *v1alpha2.ClusterNetworkPolicy) any { return &p.Spec }, policies)
 	namespaces := map[string]struct{}{}
 	diffByName(prevIn.Namespaces, nextIn.Namespaces, func(a, b *corev1.Namespace) bool {
@@ -98,12 +100,18 @@ type object interface {
 }
 
 // changedPolicies adds to out the refs of the policies added, removed or
-// whose spec changed between prev and next.
-func changedPolicies[T object](prev, next []T, kind string, spec func(T) any, out map[PolicyRef]struct{}) {
+// whose spec changed between prev and next. The refs are those Compile
+// gives: a cluster-scoped policy's has no namespace, even when the object
+// carries one.
+func changedPolicies[T object](prev, next []T, kind string, namespaced bool, spec func(T) any, out map[PolicyRef]struct{}) {
 	diffByName(prev, next, func(a, b T) bool {
 		return equality.Semantic.DeepEqual(spec(a), spec(b))
 	}, func(o T) {
-		out[PolicyRef{Kind: kind, Namespace: o.GetNamespace(), Name: o.GetName()}] = struct{}{}
+		ref := PolicyRef{Kind: kind, Name: o.GetName()}
+		if namespaced {
+			ref.Namespace = o.GetNamespace()
+		}
+		out[ref] = struct{}{}
 	})
 }
 
@@ -112,19 +120,30 @@ func changedPolicies[T object](prev, next []T, kind string, spec func(T) any, ou
 // versions of an object that same reports different. Objects that are the
 // same pointer, or carry the same UID and resourceVersion, are equal without
 // comparing their contents (informers hand out unchanged objects that way).
+// A name that more than one object of prev or of next holds (the API never
+// serves such lists) cannot be paired: each object under it counts as
+// changed.
 func diffByName[T object](prev, next []T, same func(a, b T) bool, changed func(T)) {
 	type key struct{ ns, name string }
-	before := make(map[key]T, len(prev))
-	for _, o := range prev {
-		before[key{o.GetNamespace(), o.GetName()}] = o
+	keyOf := func(o T) key { return key{o.GetNamespace(), o.GetName()} }
+	shared := map[key]bool{}
+	index := func(objs []T) map[key]T {
+		m := make(map[key]T, len(objs))
+		for _, o := range objs {
+			k := keyOf(o)
+			if _, ok := m[k]; ok {
+				shared[k] = true
+			}
+			m[k] = o
+		}
+		return m
 	}
-	seen := make(map[key]struct{}, len(next))
+	before, after := index(prev), index(next)
 	for _, o := range next {
-		k := key{o.GetNamespace(), o.GetName()}
-		seen[k] = struct{}{}
+		k := keyOf(o)
 		old, ok := before[k]
 		switch {
-		case !ok:
+		case shared[k] || !ok:
 			changed(o)
 		case old == o:
 		case old.GetUID() != "" && old.GetUID() == o.GetUID() &&
@@ -134,8 +153,9 @@ func diffByName[T object](prev, next []T, same func(a, b T) bool, changed func(T
 			changed(o)
 		}
 	}
-	for k, o := range before {
-		if _, ok := seen[k]; !ok {
+	for _, o := range prev {
+		k := keyOf(o)
+		if _, ok := after[k]; shared[k] || !ok {
 			changed(o)
 		}
 	}

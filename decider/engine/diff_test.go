@@ -8,12 +8,19 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	"sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // mutate returns a copy of in with a few random changes of the kinds a
-// cluster sees: policies added, removed or rewritten, pod and namespace
-// labels changed, pods deleted, finished or given a new IP, node labels
-// changed. Objects it does not touch are shared with in, as an informer's
+// cluster sees: policies of every kind added, removed or rewritten, pods
+// relabelled, deleted, finished, terminating, moved to a new IP, node or
+// port list, namespaces relabelled, added or removed, nodes relabelled,
+// readdressed, added or removed, rewrites that change nothing, and odd
+// objects. Objects it does not touch are shared with in, as an informer's
 // are.
 func mutate(g gen, in Input) Input {
 	out := in
@@ -22,46 +29,41 @@ func mutate(g gen, in Input) Input {
 	out.Nodes = slices.Clone(in.Nodes)
 	out.NetworkPolicies = slices.Clone(in.NetworkPolicies)
 	out.AdminNetworkPolicies = slices.Clone(in.AdminNetworkPolicies)
+	out.BaselineAdminNetworkPolicies = slices.Clone(in.BaselineAdminNetworkPolicies)
 	out.ClusterNetworkPolicies = slices.Clone(in.ClusterNetworkPolicies)
 	for range 1 + g.r.IntN(3) {
-		switch g.r.IntN(9) {
+		switch g.r.IntN(16) {
 		case 0:
-			out.NetworkPolicies = append(out.NetworkPolicies, g.networkPolicy(len(out.NetworkPolicies)+10))
+			if i, ok := some(g, out.NetworkPolicies); ok && g.r.IntN(3) == 0 {
+				out.NetworkPolicies = slices.Delete(out.NetworkPolicies, i, i+1)
+			} else {
+				out.NetworkPolicies = append(out.NetworkPolicies, g.networkPolicy(100+g.r.IntN(1<<20)))
+			}
 		case 1:
-			if n := len(out.NetworkPolicies); n > 0 {
-				i := g.r.IntN(n)
-				p := g.networkPolicy(i)
-				p.Name = out.NetworkPolicies[i].Name
-				p.Namespace = out.NetworkPolicies[i].Namespace
-				out.NetworkPolicies[i] = p
-			}
+			out.NetworkPolicies = rewrite(g, out.NetworkPolicies, func() *networkingv1.NetworkPolicy { return g.networkPolicy(0) })
 		case 2:
-			if n := len(out.AdminNetworkPolicies); n > 0 {
-				out.AdminNetworkPolicies = slices.Delete(out.AdminNetworkPolicies, g.r.IntN(n), g.r.IntN(n)+1)
-			} else {
-				out.AdminNetworkPolicies = append(out.AdminNetworkPolicies, g.anp(7))
-			}
+			out.AdminNetworkPolicies = rewrite(g, out.AdminNetworkPolicies, func() *v1alpha1.AdminNetworkPolicy { return g.anp(7) })
 		case 3:
-			if n := len(out.ClusterNetworkPolicies); n > 0 {
-				i := g.r.IntN(n)
-				p := g.cnp(i)
-				p.Name = out.ClusterNetworkPolicies[i].Name
-				out.ClusterNetworkPolicies[i] = p
-			} else {
-				out.ClusterNetworkPolicies = append(out.ClusterNetworkPolicies, g.cnp(5))
-			}
+			out.ClusterNetworkPolicies = rewrite(g, out.ClusterNetworkPolicies, func() *v1alpha2.ClusterNetworkPolicy { return g.cnp(5) })
 		case 4:
-			i := g.r.IntN(len(out.Pods))
-			p := out.Pods[i].DeepCopy()
-			p.Labels = map[string]string{"pod": g.pick("a", "b", "c", "d")}
-			out.Pods[i] = p
+			out.BaselineAdminNetworkPolicies = rewrite(g, out.BaselineAdminNetworkPolicies, g.banp)
 		case 5:
-			i := g.r.IntN(len(out.Namespaces))
-			ns := out.Namespaces[i].DeepCopy()
-			ns.Labels = map[string]string{"ns": g.pick("x", "y", "z", "w"), namespaceNameLabel: ns.Name}
-			out.Namespaces[i] = ns
+			if i, ok := some(g, out.Pods); ok {
+				p := out.Pods[i].DeepCopy()
+				p.Labels = map[string]string{"pod": g.pick("a", "b", "c", "d")}
+				out.Pods[i] = p
+			}
 		case 6:
-			i := g.r.IntN(len(out.Pods))
+			if i, ok := some(g, out.Namespaces); ok {
+				ns := out.Namespaces[i].DeepCopy()
+				ns.Labels = map[string]string{"ns": g.pick("x", "y", "z", "w"), namespaceNameLabel: ns.Name}
+				out.Namespaces[i] = ns
+			}
+		case 7:
+			i, ok := some(g, out.Pods)
+			if !ok {
+				break
+			}
 			switch g.r.IntN(3) {
 			case 0:
 				out.Pods = slices.Delete(out.Pods, i, i+1)
@@ -75,21 +77,109 @@ func mutate(g gen, in Input) Input {
 				p := testPod(g.pick("x", "y", "z"), "new", podIPs(old)...)
 				out.Pods = append(slices.Delete(out.Pods, i, i+1), p)
 			}
-		case 7:
-			n := out.Nodes[0].DeepCopy()
-			n.Labels = map[string]string{"zone": g.pick("a", "b")}
-			out.Nodes[0] = n
 		case 8:
-			// A rewrite that changes nothing but the object: not a change.
-			if n := len(out.NetworkPolicies); n > 0 {
-				i := g.r.IntN(n)
+			i, ok := some(g, out.Pods)
+			if !ok {
+				break
+			}
+			p := out.Pods[i].DeepCopy()
+			switch g.r.IntN(5) {
+			case 0: // a new IP, perhaps one another pod holds
+				ip := g.pick(spareIPv4, "10.0.1.1")
+				p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}, {IP: spareIPv6}}
+			case 1:
+				ports := p.Spec.Containers[0].Ports
+				p.Spec.Containers[0].Ports = ports[:g.r.IntN(len(ports)+1)]
+			case 2:
+				p.DeletionTimestamp = &metav1.Time{}
+			case 3:
+				p.Spec.HostNetwork = true
+			case 4:
+				p.Spec.NodeName = g.pick("n1", "n2")
+			}
+			out.Pods[i] = p
+		case 9:
+			i, ok := some(g, out.Nodes)
+			if !ok {
+				out.Nodes = append(out.Nodes, g.node("n2"))
+				break
+			}
+			switch g.r.IntN(4) {
+			case 0:
+				n := out.Nodes[i].DeepCopy()
+				n.Labels = map[string]string{"zone": g.pick("a", "b")}
+				out.Nodes[i] = n
+			case 1: // new addresses, or none
+				n := g.node(out.Nodes[i].Name)
+				if g.r.IntN(4) == 0 {
+					n.Status.Addresses = nil
+				}
+				n.Labels = out.Nodes[i].Labels
+				out.Nodes[i] = n
+			case 2:
+				out.Nodes = slices.Delete(out.Nodes, i, i+1)
+			case 3:
+				out.Nodes = append(out.Nodes, g.node(fmt.Sprintf("n%d", 3+g.r.IntN(2))))
+			}
+		case 10:
+			if i, ok := some(g, out.Namespaces); ok && g.r.IntN(2) == 0 {
+				out.Namespaces = slices.Delete(out.Namespaces, i, i+1)
+			} else {
+				out.Namespaces = append(out.Namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+					Name: "w", Labels: map[string]string{"ns": g.pick("w", "x")}}})
+				out.Pods = append(out.Pods, testPod("w", "a", parseAddr(spareIPv4), parseAddr(spareIPv6)))
+			}
+		case 11:
+			g.odd(&out)
+		default:
+			// Rewrites that change nothing but the object: not a change.
+			touch := map[string]string{"touched": "yes"}
+			if i, ok := some(g, out.NetworkPolicies); ok {
 				p := out.NetworkPolicies[i].DeepCopy()
-				p.Annotations = map[string]string{"touched": "yes"}
+				p.Annotations = touch
 				out.NetworkPolicies[i] = p
+			}
+			if i, ok := some(g, out.AdminNetworkPolicies); ok {
+				p := out.AdminNetworkPolicies[i].DeepCopy()
+				p.Annotations = touch
+				out.AdminNetworkPolicies[i] = p
+			}
+			if i, ok := some(g, out.Pods); ok {
+				p := out.Pods[i].DeepCopy()
+				p.Annotations = touch
+				out.Pods[i] = p
 			}
 		}
 	}
 	return out
+}
+
+// rewrite changes one of objs, which it may modify: it deletes one,
+// replaces one with a fresh object under the same name, or adds a fresh one
+// when it picks none.
+func rewrite[T object](g gen, objs []T, fresh func() T) []T {
+	i, ok := some(g, objs)
+	switch {
+	case !ok:
+		return append(objs, fresh())
+	case g.r.IntN(3) == 0:
+		return slices.Delete(objs, i, i+1)
+	}
+	p := fresh()
+	p.SetName(objs[i].GetName())
+	p.SetNamespace(objs[i].GetNamespace())
+	objs[i] = p
+	return objs
+}
+
+// some picks the index of a non-nil element of objs, if there is one.
+func some[T comparable](g gen, objs []T) (int, bool) {
+	var zero T
+	if len(objs) == 0 {
+		return 0, false
+	}
+	i := g.r.IntN(len(objs))
+	return i, objs[i] != zero
 }
 
 // FuzzChangedIPs checks ChangedIPs against the engine itself: every
@@ -101,6 +191,9 @@ func FuzzChangedIPs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, seed uint64) {
 		g := gen{rand.New(rand.NewPCG(seed, ^seed))}
 		prevIn := genInput(seed)
+		if g.r.IntN(2) == 0 {
+			prevIn = mutate(g, prevIn)
+		}
 		nextIn := mutate(g, prevIn)
 		prev, next := Compile(prevIn), Compile(nextIn)
 		changed := ChangedIPs(prevIn, prev, nextIn, next)
@@ -116,8 +209,8 @@ func FuzzChangedIPs(f *testing.F) {
 				continue
 			}
 			if a, b := prev.Decide(tup), next.Decide(tup); a != b {
-				t.Fatalf("%v -> %v %v/%d: decision changed but neither address is in ChangedIPs %v:\nbefore %+v\nafter  %+v",
-					tup.Src, tup.Dst, tup.Proto, tup.DstPort, changed, a, b)
+				t.Fatalf("%+v: decision changed but neither address is in ChangedIPs %v:\nbefore %+v\nafter  %+v",
+					tup, changed, a, b)
 			}
 		}
 	})
@@ -245,9 +338,104 @@ func FuzzCompilerReuse(f *testing.F) {
 			}
 			for _, tup := range tuples {
 				if a, b := got.Decide(tup), want.Decide(tup); a != b {
-					t.Fatalf("step %d: %v -> %v %v/%d: reusing %+v, fresh %+v", step, tup.Src, tup.Dst, tup.Proto, tup.DstPort, a, b)
+					t.Fatalf("step %d: %+v: reusing %+v, fresh %+v", step, tup, a, b)
 				}
 			}
 		}
 	})
+}
+
+// TestChangedIPsOddObjects: ChangedIPs pairs objects the way Compile reads
+// them, also for inputs the apiserver never serves.
+func TestChangedIPsOddObjects(t *testing.T) {
+	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	t.Run("cluster-scoped policy carrying a namespace", func(t *testing.T) {
+		// Compile ignores the namespace of a cluster-scoped object; so must
+		// ChangedIPs when it matches changed policies to their subjects.
+		prev := testCluster()
+		next := withPolicies(t, testCluster(), anpAPI+`kind: AdminNetworkPolicy
+metadata: {name: deny-x, namespace: "y"}
+spec:
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]`)
+		got := ChangedIPs(prev, Compile(prev), next, Compile(next))
+		want := []netip.Addr{ip("10.0.1.1"), ip("10.0.1.2"), ip("10.0.1.3"), ip("fd00::1:1"), ip("fd00::1:2"), ip("fd00::1:3")}
+		if !slices.Equal(got, want) {
+			t.Errorf("ChangedIPs = %v, want %v", got, want)
+		}
+	})
+	t.Run("two pods under one name", func(t *testing.T) {
+		// The first of two x/new pods moves from 10.0.9.1 to 10.0.9.3:
+		// its old address changes too.
+		a, b := testPod("x", "new", ip("10.0.9.1")), testPod("x", "new", ip("10.0.9.2"))
+		moved := testPod("x", "new", ip("10.0.9.3"))
+		prev := Input{Pods: []*corev1.Pod{a, b}}
+		next := Input{Pods: []*corev1.Pod{moved, b}}
+		got := ChangedIPs(prev, Compile(prev), next, Compile(next))
+		if !slices.Contains(got, ip("10.0.9.1")) || !slices.Contains(got, ip("10.0.9.3")) {
+			t.Errorf("ChangedIPs = %v, want 10.0.9.1 and 10.0.9.3 among them", got)
+		}
+	})
+}
+
+// TestFuzzInputsCover: the generators behind FuzzEngine, FuzzChangedIPs and
+// FuzzCompilerReuse produce, among their first seeds, each kind of object
+// and change the review found missing, and odd objects.
+func TestFuzzInputsCover(t *testing.T) {
+	seen := map[string]int{}
+	for seed := range uint64(300) {
+		g := gen{rand.New(rand.NewPCG(seed, ^seed))}
+		ignore := func(string, ...any) {}
+		rawPrev := genInput(seed)
+		rawNext := mutate(g, rawPrev)
+		for _, in := range []Input{rawPrev, rawNext} {
+			if len(usable(in, ignore).Pods) != len(in.Pods) {
+				seen["pod without a namespace or nil"]++
+			}
+			if w := Compile(in).Warnings(); len(w) > 0 {
+				seen["input with warnings"]++
+			}
+		}
+		prev, next := usable(rawPrev, ignore), usable(rawNext, ignore)
+		for _, p := range prev.ClusterNetworkPolicies {
+			if len(p.Spec.Egress) > 0 {
+				seen["CNP egress rule"]++
+			}
+		}
+		for _, p := range prev.AdminNetworkPolicies {
+			for _, r := range p.Spec.Ingress {
+				for _, f := range r.From {
+					if f.Pods != nil {
+						seen["ANP ingress pod peer"]++
+					}
+				}
+			}
+			for _, r := range p.Spec.Egress {
+				for _, to := range r.To {
+					if to.Pods != nil {
+						seen["ANP egress pod peer"]++
+					}
+				}
+			}
+		}
+		for _, p := range prev.BaselineAdminNetworkPolicies {
+			if len(p.Spec.Egress) > 0 {
+				seen["BANP egress rule"]++
+			}
+		}
+		diffByName(prev.BaselineAdminNetworkPolicies, next.BaselineAdminNetworkPolicies, func(a, b *v1alpha1.BaselineAdminNetworkPolicy) bool {
+			return equality.Semantic.DeepEqual(a.Spec, b.Spec)
+		}, func(*v1alpha1.BaselineAdminNetworkPolicy) { seen["BANP change"]++ })
+		diffByName(prev.Nodes, next.Nodes, func(a, b *corev1.Node) bool {
+			return equality.Semantic.DeepEqual(a.Status.Addresses, b.Status.Addresses)
+		}, func(*corev1.Node) { seen["node address change"]++ })
+	}
+	for _, what := range []string{"CNP egress rule", "ANP ingress pod peer", "ANP egress pod peer", "BANP egress rule",
+		"BANP change", "node address change", "pod without a namespace or nil", "input with warnings"} {
+		if seen[what] < 5 {
+			t.Errorf("%s: %d times in 300 seeds", what, seen[what])
+		}
+	}
+	t.Log(seen)
 }

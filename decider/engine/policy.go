@@ -6,6 +6,7 @@ import "net/netip"
 // or ClusterNetworkPolicy: the cluster-scoped kinds share one shape.
 type clusterPolicy struct {
 	ref      PolicyRef
+	id       uint32 // see Explanation.PolicyID
 	tier     Tier
 	priority int32
 	subject  subject
@@ -37,7 +38,7 @@ const (
 	peerPods peerKind = iota // namespaces or pods peers
 	peerNodes
 	peerNetworks
-	peerNothing // e.g. domainNames before DNS support: matches nothing
+	peerDomains // domainNames: matched against the source pod's DNS answers
 )
 
 // clusterPeer is one peer of a cluster-scoped rule.
@@ -47,11 +48,14 @@ type clusterPeer struct {
 	pods  *selector // peerPods; nil means every pod of ns
 	nodes *selector // peerNodes
 	nets  []netip.Prefix
+	// domains are the patterns of a peerDomains peer.
+	domains []domainPattern
 }
 
 // netPolicy is a compiled NetworkPolicy.
 type netPolicy struct {
 	ref   PolicyRef
+	id    uint32       // see Explanation.PolicyID
 	rules [2][]*npRule // per Direction; identical rules are shared
 }
 

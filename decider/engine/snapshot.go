@@ -12,6 +12,7 @@ type Snapshot struct {
 	podByIP    map[netip.Addr]*pod
 	nodesByIP  map[netip.Addr][]*node
 	namespaces []*namespace
+	policies   []PolicyInfo // by id - 1; see numberPolicies
 	warnings   []string
 	stats      Stats
 }
@@ -93,6 +94,55 @@ func (s *Snapshot) SelectedPodIPs(node string) []netip.Addr {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
+}
+
+// PodIPs returns the addresses of the pod that owns ip (ip among them),
+// its primary address first: a key under which to keep what is known of
+// the pod whatever address it used. The slice must not be modified.
+func (s *Snapshot) PodIPs(ip netip.Addr) ([]netip.Addr, bool) {
+	if p := s.podByIP[ip.Unmap()]; p != nil {
+		return p.ips, true
+	}
+	return nil, false
+}
+
+// NodeOf returns the node of the pod that owns ip.
+func (s *Snapshot) NodeOf(ip netip.Addr) (string, bool) {
+	if p := s.podByIP[ip.Unmap()]; p != nil {
+		return p.node, true
+	}
+	return "", false
+}
+
+// DomainPodIPs lists, sorted, the IPs of the node's pods (all pods when
+// node is empty) that an egress rule with a domainNames peer governs: the
+// pods whose DNS answers must be learned for those rules to match.
+func (s *Snapshot) DomainPodIPs(node string) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range s.pods {
+		if (node == "" || p.node == node) && p.usesDomains() {
+			out = append(out, p.ips...)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// usesDomains reports whether a cluster-scoped egress rule of the pod has a
+// domainNames peer.
+func (p *pod) usesDomains() bool {
+	for _, tier := range [][]*clusterPolicy{p.admin[Egress], p.baseline[Egress]} {
+		for _, cp := range tier {
+			for _, r := range cp.rules[Egress] {
+				for _, peer := range r.peers {
+					if peer.kind == peerDomains {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
 }
 
 // Warnings lists objects or fields the compiler skipped or reinterpreted,

@@ -65,6 +65,9 @@ type Tuple struct {
 	// address. A pod reaching its own IP directly is not subject to policy;
 	// through a service it is.
 	ViaService bool
+	// DNS is what the source pod resolved, for domainNames peers; nil
+	// means nothing is known, and no domainNames peer matches.
+	DNS Resolved
 }
 
 // Tier is the stage of evaluation that decided one direction.
@@ -188,6 +191,10 @@ type Explanation struct {
 	PassPolicy PolicyRef
 	PassRule   int
 	Allowed    bool
+	// Domain is the name by which a domainNames peer of the deciding rule
+	// matched: one the source pod resolved to the destination, or
+	// RemoteDomain.
+	Domain string
 }
 
 // Decision is a full verdict: both directions of one connection.

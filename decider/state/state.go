@@ -30,6 +30,9 @@ type View struct {
 	// engine.ChangedIPs). It is nil for the first generation, which changes
 	// everything.
 	Changed []netip.Addr
+	// DNS is what the node's pods resolved, for domainNames peers (see
+	// engine.Tuple.DNS); nil when nothing was learned.
+	DNS engine.Resolved
 }
 
 // historySize is how many generations' changes State remembers for
@@ -49,6 +52,7 @@ type State struct {
 	publish  sync.Mutex      // serialises Publish
 	input    engine.Input    // what the current View was compiled from; under publish
 	compiler engine.Compiler // reuses what one input shares with the next; under publish
+	dns      engine.Resolved // the DNS view every new View gets; under publish
 	history  [historySize]*View
 }
 
@@ -80,15 +84,37 @@ func (s *State) Publish(in engine.Input) *View {
 	if old != nil {
 		changed = engine.ChangedIPs(s.input, old.Snapshot, in, snap)
 	}
+	s.input = in
+	return s.store(&View{Snapshot: snap, CompileTime: took, Changed: changed, DNS: s.dns})
+}
+
+// PublishDNS makes dns the DNS view of a new View of the current snapshot,
+// numbered with the next generation; changed lists the pods whose answers
+// changed. Before the first Publish it only keeps dns for it, and returns
+// nil.
+func (s *State) PublishDNS(dns engine.Resolved, changed []netip.Addr) *View {
+	s.publish.Lock()
+	defer s.publish.Unlock()
+	s.dns = dns
+	old := s.cur.Load()
+	if old == nil {
+		return nil
+	}
+	changed = slices.Clone(changed)
+	slices.SortFunc(changed, netip.Addr.Compare)
+	return s.store(&View{Snapshot: old.Snapshot, CompileTime: old.CompileTime, Changed: changed, DNS: dns})
+}
+
+// store numbers v with the next generation and makes it current. s.publish
+// is held.
+func (s *State) store(v *View) *View {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var gen uint64 = 1
-	if old != nil {
-		gen = old.Generation + 1
+	v.Generation = 1
+	if old := s.cur.Load(); old != nil {
+		v.Generation = old.Generation + 1
 	}
-	v := &View{Generation: gen, Snapshot: snap, CompileTime: took, Changed: changed}
-	s.input = in
-	s.history[gen%historySize] = v
+	s.history[v.Generation%historySize] = v
 	s.cur.Store(v)
 	close(s.changed)
 	s.changed = make(chan struct{})

@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/tollgate/tollgate/deploy/examples"
+	"github.com/tollgate/tollgate/internal/grid"
 	"github.com/tollgate/tollgate/internal/proc"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/netsim"
@@ -242,26 +243,18 @@ func printMatrix(ctx context.Context, title string, pods []*demoPod, port uint16
 		}
 	}
 	wg.Wait()
-	fmt.Printf("\n%s\n  rows: from, columns: to; '.' connects, 'X' is blocked\n\n%8s", title, "")
-	for _, p := range pods {
-		fmt.Printf(" %-5s", p.key)
-	}
-	fmt.Println()
+	fmt.Printf("\n%s\n", title)
+	labels := make([]string, len(pods))
 	var denied [][2]*demoPod
 	for i, p := range pods {
-		fmt.Printf("%8s", p.key)
+		labels[i] = p.key
 		for j := range pods {
-			mark := "."
-			if !ok[i][j] {
-				mark = "X"
-				if i != j {
-					denied = append(denied, [2]*demoPod{p, pods[j]})
-				}
+			if !ok[i][j] && i != j {
+				denied = append(denied, [2]*demoPod{p, pods[j]})
 			}
-			fmt.Printf(" %-5s", "  "+mark)
 		}
-		fmt.Println()
 	}
+	_ = grid.Write(os.Stdout, labels, func(i, j int) bool { return ok[i][j] })
 	fmt.Println()
 	return denied
 }

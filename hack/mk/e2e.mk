@@ -3,8 +3,11 @@
 
 KUBE_VERSION        ?= v1.35.3
 KUBE_APISERVER      := $(CACHE)/kube-apiserver/$(KUBE_VERSION)/kube-apiserver
-# Debian packages the harness needs, as "command:package" pairs.
-E2E_DEPS            := etcd:etcd-server nft:nftables iptables:iptables conntrack:conntrack ip:iproute2 sctp_test:lksctp-tools
+# Debian packages the harness and the root tests need, as "command:package"
+# pairs (socat: the dataplane's packet test; iptables also brings the
+# iptables-nft commands the dataplane tests use).
+E2E_DEPS            := etcd:etcd-server nft:nftables iptables:iptables conntrack:conntrack ip:iproute2 \
+	sctp_test:lksctp-tools socat:socat
 
 .PHONY: e2e-deps
 e2e-deps: ## Install the system packages the e2e harness needs (Debian, as root).
@@ -23,4 +26,5 @@ kube-apiserver: ## Build (once per version) the kube-apiserver used by the e2e h
 
 .PHONY: test-harness
 test-harness: e2e-deps kube-apiserver ## Test the e2e harness packages themselves (needs root).
-	TOLLGATE_KUBE_APISERVER=$(KUBE_APISERVER) go test -count=1 ./test/cluster/... ./test/netsim/...
+	set -o pipefail; TOLLGATE_KUBE_APISERVER=$(KUBE_APISERVER) go test -json -count=1 ./test/cluster/... ./test/netsim/... | \
+		go run ./hack/noskip

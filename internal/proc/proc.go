@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // StopTimeout is how long Stop waits after SIGTERM before SIGKILL.
@@ -126,20 +128,15 @@ func (p *Proc) Log() string {
 	return string(b)
 }
 
-// RunAsRoot runs a root-only test binary's tests: without root it prints a
-// SKIP line and returns 0, unless CI=true, where skipping is a failure.
+// RunAsRoot runs a root-only test binary's tests: without root it skips
+// them all (testenv.SkipMain: a failure under CI=true).
 // suite names the tests in those messages. If binDir is not nil, the
 // decider and queuer are built first into a temporary directory whose path
 // is stored there, removed afterwards. It returns the exit code for
 // TestMain.
 func RunAsRoot(m *testing.M, suite string, binDir *string) int {
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintf(os.Stderr, "%s need root, and CI=true forbids skipping them\n", suite)
-			return 1
-		}
-		fmt.Printf("SKIP: %s need root (network namespaces, nftables)\n", suite)
-		return 0
+		return testenv.SkipMain("%s need root (network namespaces, nftables)", suite)
 	}
 	if binDir != nil {
 		dir, err := os.MkdirTemp("", "tollgate-bin-")

@@ -49,6 +49,8 @@ type Query struct {
 	DstPort uint16
 	// ViaService says the destination was reached through a service address.
 	ViaService bool
+	// Explain asks for the result's explanations (none by default).
+	Explain tollgatev1.Explain
 }
 
 // Result is the decider's answer.
@@ -57,6 +59,9 @@ type Result struct {
 	Allow bool
 	// Generation is the decider state that answered.
 	Generation uint64
+	// Explanations are the decider's, when the query asked for them and the
+	// decider gives them: one per evaluated direction.
+	Explanations []*tollgatev1.Explanation
 }
 
 // WatchUpdate is one announcement of the decider's state.
@@ -76,6 +81,16 @@ type WatchUpdate struct {
 	// whose connections may be.
 	ChangedAll bool
 	Changed    []netip.Addr
+	// DNS4 and DNS6 are the node's pods whose DNS answers to report with
+	// Learn.
+	DNS4, DNS6 []netip.Addr
+}
+
+// Resolution is one name chain of a DNS answer (see tollgatev1.Resolution).
+type Resolution struct {
+	Names []string
+	Addrs []netip.Addr
+	TTL   uint32
 }
 
 // Options tunes a Client. Zero values pick the defaults.
@@ -341,6 +356,7 @@ func toProto(item queued) *tollgatev1.Query {
 		Protocol:   protocol(q.Proto),
 		DstPort:    uint32(q.DstPort),
 		ViaService: q.ViaService,
+		Explain:    q.Explain,
 	}
 }
 
@@ -363,12 +379,31 @@ func protocol(p uint8) tollgatev1.Protocol {
 func fromProto(r *tollgatev1.Result) reply {
 	switch r.GetVerdict() {
 	case tollgatev1.Verdict_VERDICT_ALLOW:
-		return reply{res: Result{Allow: true, Generation: r.GetGeneration()}}
+		return reply{res: Result{Allow: true, Generation: r.GetGeneration(), Explanations: r.GetExplanations()}}
 	case tollgatev1.Verdict_VERDICT_DENY:
-		return reply{res: Result{Allow: false, Generation: r.GetGeneration()}}
+		return reply{res: Result{Allow: false, Generation: r.GetGeneration(), Explanations: r.GetExplanations()}}
 	default:
 		return reply{err: fmt.Errorf("client: decider rejected query: %s", r.GetError())}
 	}
+}
+
+// Learn reports a DNS answer that pod received and returns the generation
+// from which the decider's verdicts take it into account. A decider that
+// does not learn answers returns an UNIMPLEMENTED error.
+func (c *Client) Learn(ctx context.Context, pod netip.Addr, rs []Resolution) (uint64, error) {
+	req := &tollgatev1.LearnRequest{PodAddr: pod.Unmap().AsSlice()}
+	for _, r := range rs {
+		pr := &tollgatev1.Resolution{Names: r.Names, TtlSeconds: r.TTL}
+		for _, a := range r.Addrs {
+			pr.Addresses = append(pr.Addresses, a.Unmap().AsSlice())
+		}
+		req.Resolutions = append(req.Resolutions, pr)
+	}
+	resp, err := c.api.Learn(ctx, req)
+	if err != nil {
+		return 0, fmt.Errorf("client: learn: %w", err)
+	}
+	return resp.GetGeneration(), nil
 }
 
 // Watch subscribes to the decider's state for node and calls fn with every
@@ -415,6 +450,8 @@ func (c *Client) watchOnce(ctx context.Context, node string, fn func(WatchUpdate
 			First:      !received,
 			ChangedAll: resp.GetChangedAll() || !received,
 			Changed:    anyAddrs(resp.GetChanged()),
+			DNS4:       addrs(resp.GetDnsIpv4(), 4),
+			DNS6:       addrs(resp.GetDnsIpv6(), 16),
 		})
 		received = true
 	}

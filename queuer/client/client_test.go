@@ -66,7 +66,11 @@ func (f *fakeDecider) answer(q *tollgatev1.Query) *tollgatev1.Result {
 	if len(q.GetSrcAddr()) != len(q.GetDstAddr()) || q.GetProtocol() == tollgatev1.Protocol_PROTOCOL_UNSPECIFIED {
 		return &tollgatev1.Result{Id: q.GetId(), Error: "bad query"}
 	}
-	return &tollgatev1.Result{Id: q.GetId(), Verdict: v, Generation: f.gen}
+	r := &tollgatev1.Result{Id: q.GetId(), Verdict: v, Generation: f.gen}
+	if q.GetExplain() != tollgatev1.Explain_EXPLAIN_UNSPECIFIED {
+		r.Explanations = []*tollgatev1.Explanation{{Reason: "asked " + q.GetExplain().String()}}
+	}
+	return r
 }
 
 func (f *fakeDecider) Watch(_ *tollgatev1.WatchRequest, s grpc.ServerStreamingServer[tollgatev1.WatchResponse]) error {
@@ -321,6 +325,24 @@ func TestRejectedQuery(t *testing.T) {
 	q.Proto = 58
 	if res, err := c.Decide(ctx, q); err != nil || !res.Allow {
 		t.Errorf("ICMP query = %+v, %v", res, err)
+	}
+}
+
+func TestExplanations(t *testing.T) {
+	path := sock(t)
+	serve(t, path, &fakeDecider{gen: 1})
+	c := start(t, path)
+	eventually(t, "connection", c.Connected)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if res, err := c.Decide(ctx, query(80)); err != nil || res.Explanations != nil {
+		t.Errorf("without Explain: %+v, %v", res, err)
+	}
+	q := query(81)
+	q.Explain = tollgatev1.Explain_EXPLAIN_DENIED
+	res, err := c.Decide(ctx, q)
+	if err != nil || len(res.Explanations) != 1 || res.Explanations[0].GetReason() != "asked EXPLAIN_DENIED" {
+		t.Errorf("with Explain: %+v, %v", res, err)
 	}
 }
 

@@ -14,12 +14,12 @@ package conntrack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
-	"syscall"
 
-	ct "github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotFound is returned (wrapped) by Delete when the kernel has no such
@@ -50,6 +50,9 @@ type Flow struct {
 	OrigDst     netip.Addr
 	OrigDstPort uint16
 
+	// Mark is the entry's conntrack mark (as listed).
+	Mark uint32
+
 	// Kernel identity of the entry, filled in by List and used by Delete so
 	// that a different, newer entry with the same tuple is not deleted.
 	id       uint32
@@ -71,9 +74,9 @@ func (f Flow) String() string {
 }
 
 // Client talks to the conntrack subsystem of one network namespace over
-// netlink. It is safe for concurrent use.
+// netlink. It is safe for concurrent use; requests are serialised.
 type Client struct {
-	conn *ct.Conn
+	sock *socket
 }
 
 // Dial opens a conntrack netlink socket. The socket belongs to the network
@@ -81,92 +84,140 @@ type Client struct {
 // goroutine to its thread, setns into the namespace, Dial, and switch back.
 // The Client keeps working on that namespace from any thread.
 func Dial() (*Client, error) {
-	conn, err := ct.Dial(nil)
+	s, err := openSocket()
 	if err != nil {
 		return nil, fmt.Errorf("conntrack: open netlink socket: %w", err)
 	}
-	return &Client{conn: conn}, nil
+	return &Client{sock: s}, nil
 }
 
 // Close closes the netlink socket.
 func (c *Client) Close() error {
-	if err := c.conn.Close(); err != nil {
+	if err := c.sock.close(); err != nil {
 		return fmt.Errorf("conntrack: close netlink socket: %w", err)
 	}
 	return nil
 }
 
-// List returns every IPv4 and IPv6 conntrack entry of the namespace. The
-// kernel answers a dump synchronously; ctx is checked before it starts.
-func (c *Client) List(ctx context.Context) ([]Flow, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("conntrack: list: %w", err)
+// Filter narrows a Walk in the kernel, which then sends only the entries
+// that match. The zero Filter keeps every entry.
+type Filter struct {
+	// Mark, when non-zero, keeps the entries whose conntrack mark has all
+	// these bits set.
+	Mark uint32
+	// Addr, when valid, keeps the entries whose original source or real
+	// (post-DNAT) destination is Addr. An entry where both are Addr is
+	// passed twice.
+	Addr netip.Addr
+}
+
+// Walk dumps the IPv4 and IPv6 conntrack entries of the namespace that f
+// keeps and calls fn with each while the dump is read: memory stays bounded
+// whatever the size of the table. fn must not call the Client (its socket
+// is busy with the dump). An error from fn ends the walk and is returned;
+// so does ctx ending.
+func (c *Client) Walk(ctx context.Context, f Filter, fn func(Flow) error) error {
+	c.sock.mu.Lock()
+	defer c.sock.mu.Unlock()
+	each := func(typ uint16, payload []byte) error {
+		if typ&0xff != ctMsgNew {
+			return nil
+		}
+		e, ok := parseEntry(payload)
+		if !ok {
+			return nil
+		}
+		return fn(e)
 	}
-	entries, err := c.conn.Dump(nil)
-	if err != nil {
-		return nil, fmt.Errorf("conntrack: dump entries: %w", err)
+	if !f.Addr.IsValid() {
+		var a []byte
+		if f.Mark != 0 {
+			a = attr(a, ctaMark, binary.BigEndian.AppendUint32(nil, f.Mark))
+			a = attr(a, ctaMarkMask, binary.BigEndian.AppendUint32(nil, f.Mark))
+		}
+		req := c.sock.request(ctMsgGet, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, unix.AF_UNSPEC, a)
+		if err := c.sock.exchange(ctx, req, each); err != nil {
+			return fmt.Errorf("conntrack: dump entries: %w", err)
+		}
+		return nil
 	}
-	flows := make([]Flow, 0, len(entries))
-	for _, e := range entries {
-		if f, ok := flowFromEntry(e); ok {
-			flows = append(flows, f)
+	// Two dumps: the address as the original source, and as the source of
+	// the reply (the real destination).
+	addr := f.Addr.Unmap().WithZone("")
+	for _, which := range []uint16{ctaTupleOrig, ctaTupleReply} {
+		req := c.sock.request(ctMsgGet, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, family(addr), addrFilterAttrs(addr, which, f.Mark))
+		if err := c.sock.exchange(ctx, req, each); err != nil {
+			return fmt.Errorf("conntrack: dump entries of %s: %w", addr, err)
 		}
 	}
-	return flows, nil
+	return nil
+}
+
+// List returns every IPv4 and IPv6 conntrack entry of the namespace.
+func (c *Client) List(ctx context.Context) ([]Flow, error) {
+	var flows []Flow
+	err := c.Walk(ctx, Filter{}, func(f Flow) error {
+		flows = append(flows, f)
+		return nil
+	})
+	return flows, err
 }
 
 // Delete removes the entry of f, looked up by its original tuple (and, for a
-// Flow that came from List, its kernel ID). A Flow built by hand needs Src,
-// SrcPort, Proto and either OrigDst/OrigDstPort or, without a Service,
-// Dst/DstPort; it cannot name an ICMP entry. An entry that no longer exists
-// gives an error wrapping ErrNotFound.
+// Flow that came from List or Walk, its kernel ID and zone). A Flow built by
+// hand needs Src, SrcPort, Proto and either OrigDst/OrigDstPort or, without
+// a Service, Dst/DstPort; it cannot name an ICMP entry. An entry that no
+// longer exists gives an error wrapping ErrNotFound.
 func (c *Client) Delete(ctx context.Context, f Flow) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("conntrack: delete %s: %w", f, err)
 	}
-	e, err := entryFromFlow(f)
+	a, fam, err := deleteAttrs(f)
 	if err != nil {
 		return err
 	}
-	if err := c.conn.Delete(e); err != nil {
-		if errors.Is(err, syscall.ENOENT) {
-			return fmt.Errorf("conntrack: delete %s: %w", f, ErrNotFound)
-		}
+	c.sock.mu.Lock()
+	defer c.sock.mu.Unlock()
+	// The address family must match the tuple's: the kernel reads the
+	// addresses as the family the message names.
+	req := c.sock.request(ctMsgDelete, unix.NLM_F_REQUEST|unix.NLM_F_ACK, fam, a)
+	err = c.sock.exchange(ctx, req, func(uint16, []byte) error { return nil })
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("conntrack: delete %s: %w", f, ErrNotFound)
+	}
+	if err != nil {
 		return fmt.Errorf("conntrack: delete %s: %w", f, err)
 	}
 	return nil
 }
 
-// flowFromEntry converts a kernel entry; ok is false for entries without
-// usable addresses in both directions.
-func flowFromEntry(e ct.Flow) (Flow, bool) {
-	orig, reply := e.TupleOrig, e.TupleReply
-	src := orig.IP.SourceAddress.Unmap()
-	origDst := orig.IP.DestinationAddress.Unmap()
-	dst := reply.IP.SourceAddress.Unmap()
-	if !src.IsValid() || !origDst.IsValid() || !dst.IsValid() {
-		return Flow{}, false
+// SetMark sets the bits of mark in the conntrack mark of f's entry, leaving
+// its other bits alone. An entry that no longer exists gives an error
+// wrapping ErrNotFound.
+func (c *Client) SetMark(ctx context.Context, f Flow, mark uint32) error {
+	a, fam, err := deleteAttrs(f)
+	if err != nil {
+		return err
 	}
-	f := Flow{
-		Src:         src,
-		SrcPort:     orig.Proto.SourcePort,
-		Dst:         dst,
-		DstPort:     reply.Proto.SourcePort,
-		Proto:       orig.Proto.Protocol,
-		OrigDst:     origDst,
-		OrigDstPort: orig.Proto.DestinationPort,
-		id:          e.ID,
-		zone:        e.Zone,
-		icmpID:      orig.Proto.ICMPID,
-		icmpType:    orig.Proto.ICMPType,
-		icmpCode:    orig.Proto.ICMPCode,
+	// The kernel computes (old &^ mask) ^ mark.
+	a = attr(a, ctaMark, binary.BigEndian.AppendUint32(nil, mark))
+	a = attr(a, ctaMarkMask, binary.BigEndian.AppendUint32(nil, mark))
+	c.sock.mu.Lock()
+	defer c.sock.mu.Unlock()
+	req := c.sock.request(ctMsgNew, unix.NLM_F_REQUEST|unix.NLM_F_ACK, fam, a)
+	err = c.sock.exchange(ctx, req, func(uint16, []byte) error { return nil })
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("conntrack: mark %s: %w", f, ErrNotFound)
 	}
-	f.ViaService = f.OrigDst != f.Dst || f.OrigDstPort != f.DstPort
-	return f, true
+	if err != nil {
+		return fmt.Errorf("conntrack: mark %s: %w", f, err)
+	}
+	return nil
 }
 
-// entryFromFlow builds the kernel request that names f's entry.
-func entryFromFlow(f Flow) (ct.Flow, error) {
+// deleteAttrs builds the attributes that name f's entry, and the address
+// family of the request.
+func deleteAttrs(f Flow) ([]byte, uint8, error) {
 	dst, dport := f.OrigDst, f.OrigDstPort
 	if !dst.IsValid() {
 		dst, dport = f.Dst, f.DstPort
@@ -174,21 +225,14 @@ func entryFromFlow(f Flow) (ct.Flow, error) {
 	src := f.Src.Unmap()
 	dst = dst.Unmap()
 	if !src.IsValid() || !dst.IsValid() || src.Is4() != dst.Is4() || f.Proto == 0 {
-		return ct.Flow{}, fmt.Errorf("conntrack: delete %s: incomplete or mixed-family tuple", f)
+		return nil, 0, fmt.Errorf("conntrack: delete %s: incomplete or mixed-family tuple", f)
 	}
-	var e ct.Flow
-	e.ID = f.id
-	e.Zone = f.zone
-	e.TupleOrig = ct.Tuple{
-		IP: ct.IPTuple{SourceAddress: src, DestinationAddress: dst},
-		Proto: ct.ProtoTuple{
-			Protocol:        f.Proto,
-			SourcePort:      f.SrcPort,
-			DestinationPort: dport,
-			ICMPID:          f.icmpID,
-			ICMPType:        f.icmpType,
-			ICMPCode:        f.icmpCode,
-		},
+	a := origTupleAttr(f, src.WithZone(""), dst.WithZone(""), dport)
+	if f.zone != 0 {
+		a = attr(a, ctaZone, binary.BigEndian.AppendUint16(nil, f.zone))
 	}
-	return e, nil
+	if f.id != 0 {
+		a = attr(a, ctaID, binary.BigEndian.AppendUint32(nil, f.id))
+	}
+	return a, family(src), nil
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -17,10 +19,32 @@ type fakeTable struct {
 	gone    map[uint16]bool // by SrcPort
 	broken  map[uint16]bool // by SrcPort
 	deleted []uint16        // SrcPorts, in order
+	marked  []uint16        // SrcPorts given a mark, in order
+	walks   []Filter
 }
 
-func (f *fakeTable) List(context.Context) ([]Flow, error) {
-	return slices.Clone(f.flows), f.listErr
+func (f *fakeTable) Walk(_ context.Context, filter Filter, fn func(Flow) error) error {
+	f.walks = append(f.walks, filter)
+	if f.listErr != nil {
+		return f.listErr
+	}
+	for _, fl := range f.flows {
+		if filter.Mark != 0 && fl.Mark&filter.Mark != filter.Mark {
+			continue
+		}
+		if filter.Addr.IsValid() && fl.Src != filter.Addr && fl.Dst != filter.Addr {
+			continue
+		}
+		if err := fn(fl); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *fakeTable) SetMark(_ context.Context, fl Flow, mark uint32) error {
+	f.marked = append(f.marked, fl.SrcPort)
+	return nil
 }
 
 func (f *fakeTable) Delete(_ context.Context, fl Flow) error {
@@ -47,13 +71,17 @@ func addrs(ss ...string) []netip.Addr {
 	return out
 }
 
-// denyPorts decides by source port and records what it was asked.
+// denyPorts decides by source port and records what it was asked. The
+// Cutter decides concurrently, so asked is in no particular order.
 type denyPorts struct {
+	mu         sync.Mutex
 	deny, fail map[uint16]bool
 	asked      []uint16
 }
 
 func (d *denyPorts) decide(_ context.Context, f Flow) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.asked = append(d.asked, f.SrcPort)
 	if d.fail[f.SrcPort] {
 		return false, errors.New("decider unavailable")
@@ -177,13 +205,14 @@ func TestCut(t *testing.T) {
 					changed[a] = struct{}{}
 				}
 			}
-			got, err := c.Cut(context.Background(), tc.selected, changed, d.decide)
+			got, err := c.Cut(context.Background(), Request{Selected: tc.selected, Changed: changed}, d.decide)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("Cut error = %v, want error %v", err, tc.wantErr)
 			}
 			if got != tc.wantCut {
 				t.Errorf("cut %d, want %d", got, tc.wantCut)
 			}
+			slices.Sort(d.asked)
 			if !slices.Equal(d.asked, tc.wantAsked) {
 				t.Errorf("decided %v, want %v", d.asked, tc.wantAsked)
 			}
@@ -209,7 +238,7 @@ func TestCut(t *testing.T) {
 
 func TestCutListError(t *testing.T) {
 	c := NewCutter(&fakeTable{listErr: errors.New("netlink down")})
-	n, err := c.Cut(context.Background(), addrs("10.0.0.1"), nil, func(context.Context, Flow) (bool, error) {
+	n, err := c.Cut(context.Background(), Request{Selected: addrs("10.0.0.1")}, func(context.Context, Flow) (bool, error) {
 		t.Error("decide called without a listing")
 		return true, nil
 	})
@@ -219,28 +248,97 @@ func TestCutListError(t *testing.T) {
 }
 
 func TestCutStopsWhenContextEnds(t *testing.T) {
-	table := &fakeTable{flows: []Flow{flow("10.0.0.1", 1, "10.0.0.2"), flow("10.0.0.1", 2, "10.0.0.2"),
-		flow("10.0.0.1", 3, "10.0.0.2")}}
+	var flows []Flow
+	for port := range uint16(3) {
+		f := flow("10.0.0.1", port+1, "10.0.0.2")
+		f.DstPort = 80 + port // three verdict keys
+		flows = append(flows, f)
+	}
+	table := &fakeTable{flows: flows}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	asked := 0
-	n, err := NewCutter(table).Cut(ctx, addrs("10.0.0.1"), nil, func(context.Context, Flow) (bool, error) {
-		asked++
-		if asked == 2 {
-			cancel()
-			return false, context.Canceled
-		}
-		return false, nil
+	n, err := NewCutter(table).Cut(ctx, Request{Selected: addrs("10.0.0.1")}, func(context.Context, Flow) (bool, error) {
+		cancel()
+		return false, context.Canceled
 	})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Cut error = %v, want context.Canceled", err)
 	}
-	if n != 1 || asked != 2 || !slices.Equal(table.deleted, []uint16{1}) {
-		t.Errorf("cut %d after %d decisions (deleted %v), want 1 after 2", n, asked, table.deleted)
+	if n != 0 || len(table.deleted) != 0 {
+		t.Errorf("cut %d (deleted %v) after the context ended, want none", n, table.deleted)
 	}
 }
 
-func TestEntryRoundTrip(t *testing.T) {
+// TestCutDecidesEachKeyOnce: flows that share source, destination,
+// protocol and destination port share a verdict, asked once.
+func TestCutDecidesEachKeyOnce(t *testing.T) {
+	var flows []Flow
+	for port := range uint16(50) {
+		flows = append(flows, flow("10.0.0.1", 1000+port, "10.0.0.2"))
+	}
+	table := &fakeTable{flows: flows}
+	var asked atomic.Int32
+	n, err := NewCutter(table).Cut(context.Background(), Request{Selected: addrs("10.0.0.2")}, func(context.Context, Flow) (bool, error) {
+		asked.Add(1)
+		return false, nil
+	})
+	if err != nil || n != 50 || asked.Load() != 1 {
+		t.Errorf("cut %d, %v after %d decisions; want 50 after 1", n, err, asked.Load())
+	}
+}
+
+// TestCutMarkedAndNewly: with a mark, a run lists only marked entries and
+// the entries of newly selected addresses, and gives the mark to the
+// allowed entries it found without it.
+func TestCutMarkedAndNewly(t *testing.T) {
+	const mark = 0x100000
+	marked := flow("10.0.0.1", 1, "10.0.0.2")
+	marked.Mark = mark | 0x3
+	unmarkedOld := flow("10.0.0.1", 2, "10.0.0.9") // selected before, opened unjudged: not listed
+	newAllowed := flow("10.0.0.5", 3, "10.0.0.2")  // 10.0.0.5 newly selected
+	newDenied := flow("10.0.0.5", 4, "10.0.0.7")
+	table := &fakeTable{flows: []Flow{marked, unmarkedOld, newAllowed, newDenied}}
+	d := &denyPorts{deny: set(1, 4)}
+	r := Request{
+		Selected: addrs("10.0.0.1", "10.0.0.5"),
+		Changed:  map[netip.Addr]struct{}{netip.MustParseAddr("10.0.0.2"): {}},
+		Mark:     mark,
+		Newly:    addrs("10.0.0.5"),
+	}
+	c := NewCutter(table)
+	n, err := c.Cut(context.Background(), r, d.decide)
+	if err != nil || n != 2 {
+		t.Fatalf("Cut = %d, %v; want 2", n, err)
+	}
+	slices.Sort(d.asked)
+	if want := []uint16{1, 3, 4}; !slices.Equal(d.asked, want) {
+		t.Errorf("decided %v, want %v", d.asked, want)
+	}
+	if want := []uint16{1, 4}; !slices.Equal(table.deleted, want) {
+		t.Errorf("deleted %v, want %v", table.deleted, want)
+	}
+	if want := []uint16{3}; !slices.Equal(table.marked, want) {
+		t.Errorf("marked %v, want %v", table.marked, want)
+	}
+	if want := []Filter{{Mark: mark}, {Addr: netip.MustParseAddr("10.0.0.5")}}; !slices.Equal(table.walks, want) {
+		t.Errorf("walks %v, want %v", table.walks, want)
+	}
+	if st := c.Stats(); st.Adopted != 1 || st.Cut != 2 || st.Examined != 3 {
+		t.Errorf("stats %+v, want 1 adopted, 2 cut, 3 examined", st)
+	}
+
+	// Many newly selected addresses: one walk of the whole table instead.
+	table.walks = nil
+	r.Newly = addrs("10.0.0.5", "10.0.1.1", "10.0.1.2", "10.0.1.3", "10.0.1.4")
+	if _, err := NewCutter(table).Cut(context.Background(), r, d.decide); err != nil {
+		t.Fatal(err)
+	}
+	if want := []Filter{{}}; !slices.Equal(table.walks, want) {
+		t.Errorf("walks %v, want %v", table.walks, want)
+	}
+}
+
+func TestDeleteRequest(t *testing.T) {
 	// A Flow built by hand names the original tuple: the addressed
 	// destination when it went through a Service, else the destination.
 	for _, tc := range []struct {
@@ -259,17 +357,25 @@ func TestEntryRoundTrip(t *testing.T) {
 		{"no protocol", Flow{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2")}, "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := entryFromFlow(tc.f)
+			a, fam, err := deleteAttrs(tc.f)
 			if (err != nil) != tc.wantErr {
-				t.Fatalf("entryFromFlow error = %v, want error %v", err, tc.wantErr)
+				t.Fatalf("deleteAttrs error = %v, want error %v", err, tc.wantErr)
 			}
 			if tc.wantErr {
 				return
 			}
-			got := netip.AddrPortFrom(e.TupleOrig.IP.DestinationAddress, e.TupleOrig.Proto.DestinationPort).String()
-			if got != tc.wantDst || e.TupleOrig.IP.SourceAddress != tc.f.Src ||
-				e.TupleOrig.Proto.SourcePort != tc.f.SrcPort || e.TupleOrig.Proto.Protocol != tc.f.Proto {
-				t.Errorf("original tuple %v, want %s -> %s", e.TupleOrig, tc.f.Src, tc.wantDst)
+			var orig tuple
+			attrs(a, func(typ uint16, v []byte) {
+				if typ == ctaTupleOrig {
+					orig, _ = parseTuple(v)
+				}
+			})
+			got := netip.AddrPortFrom(orig.dst, orig.dstPort).String()
+			if got != tc.wantDst || orig.src != tc.f.Src || orig.srcPort != tc.f.SrcPort || orig.proto != tc.f.Proto {
+				t.Errorf("original tuple %+v, want %s -> %s", orig, tc.f.Src, tc.wantDst)
+			}
+			if want := family(tc.f.Src); fam != want {
+				t.Errorf("family %d, want %d: the kernel reads the addresses as the family the message names", fam, want)
 			}
 		})
 	}

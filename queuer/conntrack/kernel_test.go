@@ -121,7 +121,7 @@ func TestKernelListAndCut(t *testing.T) {
 		return nil
 	}
 	denyPort := localPort(viaSvc.client)
-	n, err := cutter.Cut(ctx, []netip.Addr{server}, nil, func(_ context.Context, f Flow) (bool, error) {
+	n, err := cutter.Cut(ctx, Request{Selected: []netip.Addr{server}}, func(_ context.Context, f Flow) (bool, error) {
 		return f.SrcPort != denyPort, nil
 	})
 	if err != nil || n != 1 {
@@ -328,7 +328,7 @@ func TestKernelNextPacketAfterCut(t *testing.T) {
 						return err
 					}
 				}
-				cut, err = cutter.Cut(ctx, []netip.Addr{netip.MustParseAddr(serverIP)}, nil, deny)
+				cut, err = cutter.Cut(ctx, Request{Selected: []netip.Addr{netip.MustParseAddr(serverIP)}}, deny)
 			}
 			if tc.late {
 				if !errors.Is(err, syscall.ENOSPC) || cut != 0 {
@@ -408,8 +408,9 @@ func labelDenied(ctx context.Context, t *testing.T, ns string, decide DecideFunc
 	}
 	labelled := 0
 	for _, e := range entries {
-		f, ok := flowFromEntry(e)
-		if !ok || f.Dst.String() != serverIP || f.Proto != 6 {
+		f := Flow{Src: e.TupleOrig.IP.SourceAddress.Unmap(), SrcPort: e.TupleOrig.Proto.SourcePort,
+			Dst: e.TupleReply.IP.SourceAddress.Unmap(), DstPort: e.TupleReply.Proto.SourcePort, Proto: e.TupleOrig.Proto.Protocol}
+		if f.Dst.String() != serverIP || f.Proto != 6 {
 			continue
 		}
 		allow, err := decide(ctx, f)

@@ -16,27 +16,25 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // Helpers for the root tests: network namespaces, commands inside them, and
 // TCP connections whose ends live in different namespaces.
 
 // needRoot skips t unless it runs as root with the tools it needs.
-func needRoot(t *testing.T, tools ...string) {
+func needRoot(t testing.TB, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testenv.NeedRoot(t, "to create network namespaces")
 	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s: %v", tool, err)
-		}
+		testenv.LookPath(t, tool)
 	}
 }
 
 // newNetNS creates a network namespace named tg-ct-<random>-<suffix> and
 // deletes it when t ends.
-func newNetNS(t *testing.T, prefix, suffix string) string {
+func newNetNS(t testing.TB, prefix, suffix string) string {
 	t.Helper()
 	name := prefix + "-" + suffix
 	sh(t, "ip", "netns", "add", name)
@@ -50,7 +48,7 @@ func newNetNS(t *testing.T, prefix, suffix string) string {
 }
 
 // randomPrefix returns "tg-ct-" plus a short random hex string.
-func randomPrefix(t *testing.T) string {
+func randomPrefix(t testing.TB) string {
 	t.Helper()
 	b := make([]byte, 3)
 	if _, err := rand.Read(b); err != nil {
@@ -60,7 +58,7 @@ func randomPrefix(t *testing.T) string {
 }
 
 // sh runs a command (bounded to 10 s) and fails t if it fails.
-func sh(t *testing.T, name string, args ...string) string {
+func sh(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := shErr(name, args...)
 	if err != nil {
@@ -81,7 +79,7 @@ func shErr(name string, args ...string) (string, error) {
 }
 
 // nftIn loads an nft script into namespace ns.
-func nftIn(t *testing.T, ns, script string) {
+func nftIn(t testing.TB, ns, script string) {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
@@ -92,7 +90,7 @@ func nftIn(t *testing.T, ns, script string) {
 
 // inNetNS runs fn on an OS thread switched into namespace ns. Sockets that
 // fn opens belong to ns and keep working from any thread afterwards.
-func inNetNS(t *testing.T, ns string, fn func()) {
+func inNetNS(t testing.TB, ns string, fn func()) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -132,7 +130,7 @@ func inNetNS(t *testing.T, ns string, fn func()) {
 }
 
 // dialIn opens a conntrack Client in namespace ns, closed when t ends.
-func dialIn(t *testing.T, ns string) *Client {
+func dialIn(t testing.TB, ns string) *Client {
 	t.Helper()
 	var c *Client
 	var err error

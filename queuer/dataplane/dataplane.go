@@ -40,6 +40,13 @@ const TableName = "tollgate"
 // Config.VerdictTTL is zero.
 const DefaultVerdictTTL = time.Minute
 
+// DefaultVerdictCacheSize and DefaultCutSetSize bound each verdict set
+// and each cut set when the Config leaves them zero.
+const (
+	DefaultVerdictCacheSize = 65536
+	DefaultCutSetSize       = 65536
+)
+
 // Config configures the dataplane.
 type Config struct {
 	// QueueMode is "auto" (or empty), "nft" or "xt". Auto probes the kernel for
@@ -51,13 +58,26 @@ type Config struct {
 	// kernel fans packets out to (by CPU). Must be at least 1.
 	QueueCount uint16
 	// FailOpen makes packets pass when no program listens on the queue (queue
-	// bypass) and makes Shutdown remove the ruleset. Without it, packets of
-	// selected pods are dropped while the queuer is away, and Shutdown leaves
-	// the ruleset in place.
+	// bypass). Without it, packets of selected pods that no cached verdict
+	// answers are dropped while the queuer is away. Either way the ruleset
+	// and its caches stay in place across a restart.
 	FailOpen bool
 	// VerdictTTL is the timeout of kernel verdict-cache entries, in whole
 	// seconds (at least one second). Zero means DefaultVerdictTTL.
 	VerdictTTL time.Duration
+	// VerdictCacheSize bounds each of the four verdict sets. When a set is
+	// full the kernel learns no more verdicts into it until entries expire:
+	// those connections are answered by the queuer instead. Zero means
+	// DefaultVerdictCacheSize.
+	VerdictCacheSize int
+	// CutSetSize bounds each of the two cut sets (zero:
+	// DefaultCutSetSize). A cut that does not fit is still cut (its
+	// conntrack entry deleted), without the guard against reopening.
+	CutSetSize int
+	// DNSQueue is the queue that DNS answers to the pods whose answers are
+	// learned go to; zero means the one after the verdict queues
+	// (FirstQueue + QueueCount).
+	DNSQueue uint16
 }
 
 // Verdict is one decided connection tuple for the kernel verdict cache.
@@ -76,25 +96,22 @@ type Verdict struct {
 // Dataplane programs the table `inet tollgate` and, in ModeXT, the iptables
 // rules that queue marked packets. It is safe for concurrent use.
 type Dataplane struct {
-	cfg  Config
-	mode Mode
-	nft  knftables.Interface
-	ipt  IPTables // nil when no iptables binaries exist (ModeNFT only)
+	cfg       Config
+	mode      Mode
+	nft       knftables.Interface
+	ipt       IPTables // nil when no iptables binaries exist (ModeNFT only)
+	inspector inspector
+	want      *tableShape // what Setup installs
 
 	mu sync.Mutex
-	// selected mirrors the elements of selected4 and selected6 as programmed
-	// in the kernel; valid only while selectedKnown is true.
-	selected      map[netip.Addr]struct{}
-	selectedKnown bool
-	setUp         bool
+	// selected and dnsPods mirror the selected-pod and DNS-pod sets.
+	selected, dnsPods addrSets
+	setUp             bool
 	// queuedBase is the queued counter's value when Setup ran.
 	queuedBase uint64
-	// verdicts mirrors the elements of the verdict sets that this process
-	// added and the kernel has not expired, so that InvalidateVerdicts can
-	// remove only those a change affects. pruneAt is the size at which
-	// expired ones are forgotten.
-	verdicts map[string]mirrored
-	pruneAt  int
+	// verdicts mirrors the elements of the verdict sets, so that
+	// InvalidateVerdicts can remove only those a change affects.
+	verdicts *mirror
 	// now is the clock (time.Now; tests set their own).
 	now func() time.Time
 }
@@ -127,7 +144,7 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	slog.Info("dataplane queue mode", "mode", string(mode), "detected", detected,
 		"firstQueue", cfg.FirstQueue, "queues", cfg.QueueCount, "failOpen", cfg.FailOpen)
-	return newDataplane(cfg, mode, nft, ipt), nil
+	return newDataplane(cfg, mode, nft, ipt, execInspector{})
 }
 
 // NewWithBackends creates a Dataplane on the given backends, typically
@@ -147,12 +164,24 @@ func NewWithBackends(cfg Config, mode Mode, nft knftables.Interface, ipt IPTable
 	default:
 		return nil, fmt.Errorf("dataplane: unknown queue mode %q", mode)
 	}
-	return newDataplane(cfg, mode, nft, ipt), nil
+	var in inspector = execInspector{}
+	if fake, ok := nft.(*knftables.Fake); ok {
+		in = fakeInspector{fake}
+	}
+	return newDataplane(cfg, mode, nft, ipt, in)
 }
 
-func newDataplane(cfg Config, mode Mode, nft knftables.Interface, ipt IPTables) *Dataplane {
-	return &Dataplane{cfg: cfg, mode: mode, nft: nft, ipt: ipt, selected: map[netip.Addr]struct{}{},
-		verdicts: map[string]mirrored{}, pruneAt: 4096, now: time.Now}
+func newDataplane(cfg Config, mode Mode, nft knftables.Interface, ipt IPTables, in inspector) (*Dataplane, error) {
+	want, err := desiredShape(cfg, mode)
+	if err != nil {
+		return nil, err
+	}
+	d := &Dataplane{cfg: cfg, mode: mode, nft: nft, ipt: ipt, inspector: in, want: want,
+		selected: addrSets{v4: setSelected4, v6: setSelected6, what: "selected pods"},
+		dnsPods:  addrSets{v4: setDNS4, v6: setDNS6, what: "DNS pods"},
+		now:      time.Now}
+	d.verdicts = newMirror(cfg.VerdictCacheSize, cfg.VerdictTTL, func() time.Time { return d.now() })
+	return d, nil
 }
 
 // withDefaults validates cfg and fills in defaults.
@@ -178,17 +207,41 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("dataplane: verdict TTL %s is below one second", cfg.VerdictTTL)
 	}
 	cfg.VerdictTTL = cfg.VerdictTTL.Truncate(time.Second)
+	if cfg.VerdictCacheSize == 0 {
+		cfg.VerdictCacheSize = DefaultVerdictCacheSize
+	}
+	if cfg.CutSetSize == 0 {
+		cfg.CutSetSize = DefaultCutSetSize
+	}
+	if cfg.DNSQueue == 0 {
+		if int(cfg.FirstQueue)+int(cfg.QueueCount) > 65535 {
+			return cfg, errors.New("dataplane: no queue number left for DNS answers after the verdict queues")
+		}
+		cfg.DNSQueue = cfg.FirstQueue + cfg.QueueCount
+	}
+	if cfg.DNSQueue >= cfg.FirstQueue && int(cfg.DNSQueue) < int(cfg.FirstQueue)+int(cfg.QueueCount) {
+		return cfg, fmt.Errorf("dataplane: DNS queue %d is one of the verdict queues", cfg.DNSQueue)
+	}
+	if cfg.VerdictCacheSize < 1 || cfg.CutSetSize < 1 {
+		return cfg, fmt.Errorf("dataplane: set sizes %d and %d must be positive", cfg.VerdictCacheSize, cfg.CutSetSize)
+	}
 	return cfg, nil
 }
+
+// DNSQueue reports the queue DNS answers go to.
+func (d *Dataplane) DNSQueue() uint16 { return d.cfg.DNSQueue }
 
 // Mode reports the queueing mode in use.
 func (d *Dataplane) Mode() Mode { return d.mode }
 
 // Setup installs or replaces the whole ruleset. An existing table is adopted:
-// chains are flushed and refilled and the selected-pod sets keep their
-// elements, all in one transaction, so there is no moment at which policy is
-// ignored. The verdict sets are recreated empty. In ModeXT the iptables rules
-// are installed before the table starts marking packets.
+// chains are flushed and refilled, the selected-pod, verdict and cut sets
+// keep their elements, all in one transaction, so there is no moment at
+// which policy is ignored and the kernel's cached verdicts and cuts carry
+// over from a previous process. Verdict sets whose timeout or flags differ
+// from the Config are recreated empty. In ModeXT the iptables rules are
+// installed before the table starts marking packets. Setup is also how a
+// damaged ruleset is restored (see Check).
 func (d *Dataplane) Setup(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -198,7 +251,15 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 			return fmt.Errorf("dataplane: install iptables rules: %w", err)
 		}
 	}
-	adopted, err := d.readSelected(ctx)
+	got, err := d.inspector.inspect(ctx)
+	if err != nil {
+		return fmt.Errorf("dataplane: inspect table %s: %w", TableName, err)
+	}
+	adopted, err := d.readAddrs(ctx, d.selected)
+	if err != nil {
+		return err
+	}
+	adoptedDNS, err := d.readAddrs(ctx, d.dnsPods)
 	if err != nil {
 		return err
 	}
@@ -210,15 +271,42 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tx := d.nft.NewTransaction()
-	writeRuleset(tx, d.cfg, d.mode, stale)
-	if err := d.nft.Run(ctx, tx); err != nil {
-		return fmt.Errorf("dataplane: install table %s: %w", TableName, err)
+	recreate := false
+	if got != nil {
+		for _, name := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
+			g, ok := got.sets[name]
+			w := d.want.sets[name]
+			if ok && (g.typ != w.typ || g.timeout != w.timeout) {
+				recreate = true
+			}
+		}
 	}
-	d.selected = adopted
+	tx := d.nft.NewTransaction()
+	writeRuleset(tx, d.cfg, d.mode, stale, recreate)
+	if err := d.nft.Run(ctx, tx); err != nil {
+		if recreate {
+			return fmt.Errorf("dataplane: install table %s: %w", TableName, err)
+		}
+		// An older version's verdict sets may lack flags that `add set`
+		// cannot add to an existing set: try once more with them made anew.
+		slog.Info("dataplane: installing the table failed; trying again with the verdict sets recreated", "err", err)
+		recreate = true
+		tx = d.nft.NewTransaction()
+		writeRuleset(tx, d.cfg, d.mode, stale, true)
+		if err := d.nft.Run(ctx, tx); err != nil {
+			return fmt.Errorf("dataplane: install table %s: %w", TableName, err)
+		}
+	}
+	d.selected.have, d.selected.known = adopted, true
+	d.dnsPods.have, d.dnsPods.known = adoptedDNS, true
 	d.queuedBase = base
-	clear(d.verdicts) // the verdict sets were recreated empty
-	d.selectedKnown = true
+	switch {
+	case got == nil || recreate:
+		d.verdicts.reset() // the verdict sets are new and empty
+	case !d.verdicts.known():
+		// A previous process's verdicts: learn what the kernel holds.
+		d.verdicts.rebuild(d.listVerdicts(ctx))
+	}
 	d.setUp = true
 
 	if d.mode == ModeNFT && d.ipt != nil {
@@ -231,11 +319,11 @@ func (d *Dataplane) Setup(ctx context.Context) error {
 	return nil
 }
 
-// readSelected returns the elements of the selected-pod sets of an existing
+// readAddrs returns the elements of a pair of address sets of an existing
 // table, or an empty map when there is no table yet.
-func (d *Dataplane) readSelected(ctx context.Context) (map[netip.Addr]struct{}, error) {
+func (d *Dataplane) readAddrs(ctx context.Context, sets addrSets) (map[netip.Addr]struct{}, error) {
 	out := map[netip.Addr]struct{}{}
-	for _, name := range []string{setSelected4, setSelected6} {
+	for _, name := range []string{sets.v4, sets.v6} {
 		elems, err := d.nft.ListElements(ctx, "set", name)
 		if knftables.IsNotFound(err) {
 			continue
@@ -322,28 +410,37 @@ func (d *Dataplane) staleObjects(ctx context.Context) (map[string][]string, erro
 	return stale, nil
 }
 
-// Shutdown ends the dataplane according to the fail mode. Fail-open deletes
-// the table and the iptables rules, so traffic flows without the queuer.
-// Fail-closed leaves everything in place: selected pods' new connections stay
-// queued to a queue nobody reads, which the kernel drops, until the next
-// Setup adopts the table.
-func (d *Dataplane) Shutdown(ctx context.Context) error {
+// Shutdown ends this process's use of the dataplane and leaves the ruleset
+// and its caches in place, in both fail modes, so that a restart (a rolling
+// update of the DaemonSet) never leaves the node unenforced: cached verdicts
+// and cuts keep applying, and packets that need the queuer get what the
+// fail mode promises: passed by the queue's bypass flag (fail-open) or
+// dropped (fail-closed) until the next Setup adopts the table. Remove takes
+// the ruleset away for good.
+func (d *Dataplane) Shutdown(context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.setUp = false
-	d.selectedKnown = false
+	d.selected.known, d.dnsPods.known = false, false
+	slog.Info("dataplane: leaving the ruleset in place", "table", "inet "+TableName, "failOpen", d.cfg.FailOpen)
+	return nil
+}
 
-	if !d.cfg.FailOpen {
-		slog.Info("dataplane: fail-closed, leaving the ruleset in place", "table", "inet "+TableName)
-		return nil
-	}
+// Remove deletes the table and the iptables rules: traffic flows untouched
+// afterwards. It is for uninstalling (`queuer cleanup`), not for restarts.
+func (d *Dataplane) Remove(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.setUp = false
+	d.selected.known, d.dnsPods.known = false, false
 	tx := d.nft.NewTransaction()
 	tx.Delete(&knftables.Table{})
 	err := d.nft.Run(ctx, tx)
 	if err != nil && !knftables.IsNotFound(err) {
 		return fmt.Errorf("dataplane: delete table %s: %w", TableName, err)
 	}
-	if d.mode == ModeXT {
+	d.verdicts.reset()
+	if d.ipt != nil {
 		if err := removeXT(ctx, d.ipt); err != nil {
 			return fmt.Errorf("dataplane: remove iptables rules: %w", err)
 		}

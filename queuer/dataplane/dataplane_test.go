@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -100,9 +101,9 @@ func TestQueueStatements(t *testing.T) {
 			"-m mark --mark 0x2000/0x2000 -j NFQUEUE --queue-balance 65534:65535 --queue-cpu-fanout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := Config{FirstQueue: tc.first, QueueCount: tc.count, FailOpen: tc.failOpen}
+			cfg := Config{FirstQueue: tc.first, QueueCount: tc.count, FailOpen: tc.failOpen, DNSQueue: 1}
 			_, nft, _ := newFake(t, ModeNFT, cfg)
-			if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued "+tc.nft {
+			if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued meta mark set meta mark | 0x00002000 "+tc.nft {
 				t.Errorf("nft queue rule = %q, want %q", got, tc.nft)
 			}
 			_, nft, ipt := newFake(t, ModeXT, cfg)
@@ -343,10 +344,10 @@ func TestAddAndFlushVerdicts(t *testing.T) {
 		t.Error("verdict without addresses accepted")
 	}
 
-	// Cut flows, keyed with both ports; portless ones skipped.
+	// Cut flows, keyed with both ports, each in both directions; portless
+	// ones skipped.
 	if err := d.AddCuts(ctx, []Flow{
-		{Src: a("10.0.0.1"), Dst: a("10.0.0.2"), Proto: 6, SrcPort: 40000, DstPort: 80},
-		{Src: a("::ffff:10.0.0.2"), Dst: a("10.0.0.1"), Proto: 6, SrcPort: 80, DstPort: 40000},
+		{Src: a("::ffff:10.0.0.1"), Dst: a("10.0.0.2"), Proto: 6, SrcPort: 40000, DstPort: 80},
 		{Src: a("fd00::1"), Dst: a("fd00::2"), Proto: 17, SrcPort: 5353, DstPort: 53},
 		{Src: a("10.0.0.1"), Dst: a("10.0.0.2"), Proto: 1},
 	}); err != nil {
@@ -357,7 +358,7 @@ func TestAddAndFlushVerdicts(t *testing.T) {
 	}
 	wantCuts := map[string]string{
 		setCut4: "10.0.0.1 . 10.0.0.2 . tcp . 40000 . 80,10.0.0.2 . 10.0.0.1 . tcp . 80 . 40000",
-		setCut6: "fd00::1 . fd00::2 . udp . 5353 . 53",
+		setCut6: "fd00::1 . fd00::2 . udp . 5353 . 53,fd00::2 . fd00::1 . udp . 53 . 5353",
 	}
 	for set, w := range wantCuts {
 		if got := strings.Join(elements(t, nft, set), ","); got != w {
@@ -376,6 +377,21 @@ func TestAddAndFlushVerdicts(t *testing.T) {
 		if got := strings.Join(elements(t, nft, set), ","); got != w {
 			t.Errorf("%s after FlushVerdicts = %q, want %q", set, got, w)
 		}
+	}
+	// A new process reads the cuts back in the direction they were opened.
+	cuts, err := d.ListCuts(ctx)
+	if err != nil || len(cuts) != 2 || cuts[0].SrcPort != 40000 || cuts[1].SrcPort != 5353 {
+		t.Errorf("ListCuts = %+v, %v; want the two flows as opened", cuts, err)
+	}
+	if err := d.RemoveCuts(ctx, cuts[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if got := elements(t, nft, setCut4); len(got) != 0 {
+		t.Errorf("cut4 after RemoveCuts = %v", got)
+	}
+	// Removing what is gone already is no error.
+	if err := d.RemoveCuts(ctx, cuts[:1]); err != nil {
+		t.Errorf("second RemoveCuts: %v", err)
 	}
 	for _, set := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
 		if got := elements(t, nft, set); len(got) != 0 {
@@ -432,6 +448,28 @@ func TestSetupAdoptsExistingTable(t *testing.T) {
 	if got, want := ipt.Dump(), readGolden(t, "xt-failopen.iptables"); got != want {
 		t.Errorf("iptables after restart:\n%s\nwant:\n%s", got, want)
 	}
+	// A restart with the same TTL adopts the verdict sets with their
+	// elements, and knows them: a change removes what it affects.
+	if err := d2.AddVerdicts(ctx, []Verdict{{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), Proto: 6, DstPort: 80, Allow: true}}); err != nil {
+		t.Fatal(err)
+	}
+	d3, err := NewWithBackends(cfg, ModeXT, nft, ipt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d3.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := elements(t, nft, setAllow4); len(got) != 1 || d3.CachedVerdicts() != 1 {
+		t.Errorf("allow4 after a restart with the same TTL = %v (mirror %d), want the verdict kept", got, d3.CachedVerdicts())
+	}
+	if err := d3.InvalidateVerdicts(ctx, func(x netip.Addr) bool { return x == netip.MustParseAddr("10.0.0.2") }); err != nil {
+		t.Fatal(err)
+	}
+	if got := elements(t, nft, setAllow4); len(got) != 0 {
+		t.Errorf("allow4 = %v after invalidating an adopted verdict", got)
+	}
+	d2 = d3
 	// The adopted elements are known: a sync only sends the difference.
 	if err := d2.SyncSelected(ctx, addrs("10.0.0.1"), addrs("fd00::1")); err != nil {
 		t.Fatal(err)
@@ -455,7 +493,7 @@ func TestModeSwitchRemovesXTRules(t *testing.T) {
 	if got := ipt.Dump(); got != "# iptables\n# ip6tables\n" {
 		t.Errorf("iptables after switching to nft mode:\n%s", got)
 	}
-	if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued queue num 100 bypass" {
+	if got := nft.Table.Chains[chainToQueue].Rules[0].Rule; got != "counter name queued meta mark set meta mark | 0x00002000 queue num 100 bypass" {
 		t.Errorf("queue rule = %q", got)
 	}
 }
@@ -463,41 +501,45 @@ func TestModeSwitchRemovesXTRules(t *testing.T) {
 func TestShutdown(t *testing.T) {
 	ctx := context.Background()
 	for _, mode := range []Mode{ModeNFT, ModeXT} {
-		t.Run(string(mode)+"/fail-open", func(t *testing.T) {
+		t.Run(string(mode)+"/remove", func(t *testing.T) {
 			d, nft, ipt := newFake(t, mode, Config{FirstQueue: 100, QueueCount: 2, FailOpen: true})
-			if err := d.Shutdown(ctx); err != nil {
-				t.Fatalf("Shutdown: %v", err)
+			if err := d.Remove(ctx); err != nil {
+				t.Fatalf("Remove: %v", err)
 			}
 			if got := nft.Dump(); got != "" {
-				t.Errorf("nft after fail-open shutdown:\n%s", got)
+				t.Errorf("nft after Remove:\n%s", got)
 			}
 			if got := ipt.Dump(); got != "# iptables\n# ip6tables\n" {
-				t.Errorf("iptables after fail-open shutdown:\n%s", got)
+				t.Errorf("iptables after Remove:\n%s", got)
 			}
-			// A second shutdown finds nothing to remove and is fine.
-			if err := d.Shutdown(ctx); err != nil {
-				t.Errorf("second Shutdown: %v", err)
+			// A second removal finds nothing to remove and is fine.
+			if err := d.Remove(ctx); err != nil {
+				t.Errorf("second Remove: %v", err)
 			}
 			if err := d.SyncSelected(ctx, nil, nil); !errors.Is(err, errNotSetUp) {
-				t.Errorf("SyncSelected after Shutdown: %v", err)
+				t.Errorf("SyncSelected after Remove: %v", err)
 			}
 		})
-		t.Run(string(mode)+"/fail-closed", func(t *testing.T) {
-			d, nft, ipt := newFake(t, mode, Config{FirstQueue: 100, QueueCount: 2, FailOpen: false})
-			if err := d.SyncSelected(ctx, addrs("10.0.0.1"), nil); err != nil {
-				t.Fatal(err)
-			}
-			nftBefore, iptBefore := nft.Dump(), ipt.Dump()
-			if err := d.Shutdown(ctx); err != nil {
-				t.Fatalf("Shutdown: %v", err)
-			}
-			if got := nft.Dump(); got != nftBefore {
-				t.Errorf("fail-closed shutdown changed nft:\n%s\nwas:\n%s", got, nftBefore)
-			}
-			if got := ipt.Dump(); got != iptBefore {
-				t.Errorf("fail-closed shutdown changed iptables:\n%s\nwas:\n%s", got, iptBefore)
-			}
-		})
+		for _, failOpen := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/fail-open=%t", mode, failOpen), func(t *testing.T) {
+				// Both fail modes keep the ruleset: a restart must not leave
+				// the node unenforced.
+				d, nft, ipt := newFake(t, mode, Config{FirstQueue: 100, QueueCount: 2, FailOpen: failOpen})
+				if err := d.SyncSelected(ctx, addrs("10.0.0.1"), nil); err != nil {
+					t.Fatal(err)
+				}
+				nftBefore, iptBefore := nft.Dump(), ipt.Dump()
+				if err := d.Shutdown(ctx); err != nil {
+					t.Fatalf("Shutdown: %v", err)
+				}
+				if got := nft.Dump(); got != nftBefore {
+					t.Errorf("shutdown changed nft:\n%s\nwas:\n%s", got, nftBefore)
+				}
+				if got := ipt.Dump(); got != iptBefore {
+					t.Errorf("shutdown changed iptables:\n%s\nwas:\n%s", got, iptBefore)
+				}
+			})
+		}
 	}
 }
 
@@ -605,8 +647,9 @@ func TestInvalidateVerdicts(t *testing.T) {
 	if err := d.InvalidateVerdicts(ctx, changed("10.0.0.3")); err != nil || nft.LastTransaction != last {
 		t.Errorf("expired element: err %v, ran a transaction %v", err, nft.LastTransaction != last)
 	}
-	// If the kernel lost an element the mirror still has, the delete fails
-	// and the sets are flushed instead.
+	// If the kernel lost an element the mirror still has (someone deleted
+	// it, or the set was full when it was learned), removing it is no
+	// error and the other elements stay.
 	add(Verdict{Src: a("10.0.0.7"), Dst: a("10.0.0.8"), Proto: 6, DstPort: 80, Allow: true},
 		Verdict{Src: a("10.0.0.9"), Dst: a("10.0.0.8"), Proto: 6, DstPort: 81, Allow: true})
 	tx := nft.NewTransaction()
@@ -615,11 +658,103 @@ func TestInvalidateVerdicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := d.InvalidateVerdicts(ctx, changed("10.0.0.8")); err != nil {
-		t.Fatalf("fallback flush: %v", err)
+		t.Fatalf("invalidate with an element gone: %v", err)
 	}
-	for _, set := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
-		if got := elements(t, nft, set); len(got) != 0 {
-			t.Errorf("%s after the fallback flush = %v", set, got)
+	for set, want := range map[string]string{
+		setAllow4: "", setDeny4: "10.0.0.3 . 10.0.0.4 . tcp . 80", setAllow6: "fd00::1 . fd00::2 . tcp . 443",
+	} {
+		if got := strings.Join(elements(t, nft, set), ","); got != want {
+			t.Errorf("%s = %q, want %q", set, got, want)
 		}
+	}
+}
+
+// TestInvalidateLearnedAndOverflow: verdicts the kernel learned from queue
+// verdicts are invalidated like added ones; once the mirror cannot hold
+// every element, an invalidation flushes the sets.
+func TestInvalidateLearnedAndOverflow(t *testing.T) {
+	ctx := context.Background()
+	d, nft, _ := newFake(t, ModeXT, Config{FirstQueue: 100, QueueCount: 1, VerdictCacheSize: 2})
+	a := netip.MustParseAddr
+	learn := func(v Verdict) {
+		// What the learn chain does in the kernel, then the queuer's note.
+		e, _, _ := verdictElement(v)
+		tx := nft.NewTransaction()
+		tx.Add(e)
+		if err := nft.Run(ctx, tx); err != nil {
+			t.Fatal(err)
+		}
+		d.Learned(v)
+	}
+	learn(Verdict{Src: a("10.0.0.1"), Dst: a("10.0.0.2"), Proto: 6, DstPort: 80, Allow: true})
+	learn(Verdict{Src: a("10.0.0.3"), Dst: a("10.0.0.4"), Proto: 6, DstPort: 80})
+	if err := d.InvalidateVerdicts(ctx, func(x netip.Addr) bool { return x == a("10.0.0.2") }); err != nil {
+		t.Fatal(err)
+	}
+	if got := elements(t, nft, setAllow4); len(got) != 0 {
+		t.Errorf("allow4 = %v after its destination changed", got)
+	}
+	if got := elements(t, nft, setDeny4); len(got) != 1 {
+		t.Errorf("deny4 = %v, want the unrelated element kept", got)
+	}
+	// The mirror holds 4 x 2 elements; past that it overflows.
+	for i := range 9 {
+		learn(Verdict{Src: a("10.1.0.1"), Dst: a("10.1.0.2"), Proto: 17, DstPort: uint16(1000 + i), Allow: true})
+	}
+	if err := d.InvalidateVerdicts(ctx, func(x netip.Addr) bool { return x == a("10.9.9.9") }); err != nil {
+		t.Fatal(err)
+	}
+	for _, set := range []string{setAllow4, setDeny4} {
+		if got := elements(t, nft, set); len(got) != 0 {
+			t.Errorf("%s = %v after an invalidation with an overflowed mirror, want empty", set, got)
+		}
+	}
+}
+
+// TestCheck: Check notices a missing table, a flushed chain, a changed set
+// and missing iptables rules; Setup repairs each.
+func TestCheck(t *testing.T) {
+	ctx := context.Background()
+	d, nft, ipt := newFake(t, ModeXT, Config{FirstQueue: 100, QueueCount: 1})
+	if err := d.Check(ctx); err != nil {
+		t.Fatalf("Check after Setup: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		damage func()
+		want   string
+	}{
+		{"table deleted", func() {
+			tx := nft.NewTransaction()
+			tx.Delete(&knftables.Table{})
+			_ = nft.Run(ctx, tx)
+		}, "table inet tollgate is missing"},
+		{"chain flushed", func() {
+			tx := nft.NewTransaction()
+			tx.Flush(&knftables.Chain{Name: chainClassify})
+			_ = nft.Run(ctx, tx)
+		}, "chain classify has 0 rules, want 7"},
+		{"rule added", func() {
+			tx := nft.NewTransaction()
+			tx.Insert(&knftables.Rule{Chain: chainClassify, Rule: "accept"})
+			_ = nft.Run(ctx, tx)
+		}, "chain classify has 8 rules, want 7"},
+		{"iptables jump deleted", func() {
+			_ = ipt.Run(ctx, true, "-w", "-t", "mangle", "-D", "FORWARD", "-j", XTChain)
+		}, `ip6tables -t mangle rule "FORWARD -j TOLLGATE" is missing`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.damage()
+			err := d.Check(ctx)
+			if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Check = %v, want ErrDamaged saying %q", err, tc.want)
+			}
+			if err := d.Setup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Check(ctx); err != nil {
+				t.Errorf("Check after Setup repaired it: %v", err)
+			}
+		})
 	}
 }

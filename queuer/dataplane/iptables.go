@@ -41,8 +41,9 @@ const XTChain = "TOLLGATE"
 // at priority mangle (-150), right after our nft base chains.
 const xtTable = "mangle"
 
-// xtHooks are the built-in chains that jump to XTChain.
-var xtHooks = []string{"FORWARD", "INPUT"}
+// xtHooks are the built-in chains that jump to XTChain (OUTPUT for DNS
+// answers from the node itself).
+var xtHooks = []string{"FORWARD", "INPUT", "OUTPUT"}
 
 // xtQueueRule is the rule (without "-A chain") that queues marked packets.
 func xtQueueRule(cfg Config) []string {
@@ -60,13 +61,19 @@ func xtQueueRule(cfg Config) []string {
 	return r
 }
 
+// xtDNSRule is the rule (without "-A chain") that queues DNS answers.
+func xtDNSRule(cfg Config) []string {
+	mark := fmt.Sprintf("0x%x/0x%x", DNSMark, DNSMark)
+	return []string{"-m", "mark", "--mark", mark, "-j", "NFQUEUE", "--queue-num", fmt.Sprint(cfg.DNSQueue), "--queue-bypass"}
+}
+
 // installXT makes, for both families, XTChain hold exactly the queue rule
 // (replaced atomically by iptables-restore, so an old rule keeps queueing
 // until the new one is in place) and makes FORWARD and INPUT jump to it
 // first.
 func installXT(ctx context.Context, ipt IPTables, cfg Config) error {
-	input := fmt.Sprintf("*%s\n:%s - [0:0]\n-A %s %s\nCOMMIT\n",
-		xtTable, XTChain, XTChain, strings.Join(xtQueueRule(cfg), " "))
+	input := fmt.Sprintf("*%s\n:%s - [0:0]\n-A %s %s\n-A %s %s\nCOMMIT\n",
+		xtTable, XTChain, XTChain, strings.Join(xtQueueRule(cfg), " "), XTChain, strings.Join(xtDNSRule(cfg), " "))
 	for _, v6 := range []bool{false, true} {
 		if err := ipt.Restore(ctx, v6, input); err != nil {
 			return fmt.Errorf("fill chain %s (ipv6=%t): %w", XTChain, v6, err)
@@ -211,4 +218,37 @@ func runCommand(cmd *exec.Cmd) error {
 			Msg: strings.TrimSpace(strings.Join(cmd.Args, " ") + ": " + stderr.String())}
 	}
 	return fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
+}
+
+// checkXT lists what is missing of the rules installXT makes.
+func checkXT(ctx context.Context, ipt IPTables, cfg Config) ([]string, error) {
+	var problems []string
+	for _, v6 := range []bool{false, true} {
+		bin := "iptables"
+		if v6 {
+			bin = "ip6tables"
+		}
+		err := ipt.Run(ctx, v6, "-w", "-t", xtTable, "-S", XTChain)
+		if isNotExist(err) {
+			problems = append(problems, fmt.Sprintf("%s -t %s chain %s is missing", bin, xtTable, XTChain))
+			continue // and so are the jumps to it
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up chain %s (ipv6=%t): %w", XTChain, v6, err)
+		}
+		rules := [][]string{append([]string{XTChain}, xtQueueRule(cfg)...), append([]string{XTChain}, xtDNSRule(cfg)...)}
+		for _, hook := range xtHooks {
+			rules = append(rules, []string{hook, "-j", XTChain})
+		}
+		for _, r := range rules {
+			ok, err := ruleExists(ctx, ipt, v6, r)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				problems = append(problems, fmt.Sprintf("%s -t %s rule %q is missing", bin, xtTable, strings.Join(r, " ")))
+			}
+		}
+	}
+	return problems, nil
 }

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // systemPath is PATH for commands the test itself runs inside namespaces.
@@ -30,17 +33,11 @@ type netnsEnv struct {
 // wrappers that run nft and the iptables-nft binaries inside it.
 func newNetnsEnv(t *testing.T) *netnsEnv {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testenv.NeedRoot(t, "to create network namespaces")
 	tools := map[string]string{}
 	for _, name := range []string{"ip", "nft", "iptables-nft", "ip6tables-nft",
 		"iptables-nft-restore", "ip6tables-nft-restore", "iptables-nft-save", "ip6tables-nft-save"} {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			t.Skipf("%s not installed: %v", name, err)
-		}
-		tools[name] = p
+		tools[name] = testenv.LookPath(t, name)
 	}
 	e := &netnsEnv{t: t, name: fmt.Sprintf("tg-dp-%x", rand.Uint32()), ip: tools["ip"]}
 	e.host("netns", "add", e.name)
@@ -202,7 +199,8 @@ func TestKernelSetupSyncShutdown(t *testing.T) {
 		t.Errorf("fail-closed Shutdown changed iptables:\n%s", got)
 	}
 
-	// A fail-open run adopts the table, then removes everything on Shutdown.
+	// A fail-open run adopts the table; Shutdown keeps it, Remove (the
+	// cleanup command) takes everything away.
 	d2, err := New(Config{QueueMode: "auto", FirstQueue: 100, QueueCount: 2, FailOpen: true})
 	if err != nil {
 		t.Fatalf("New fail-open: %v", err)
@@ -216,14 +214,26 @@ func TestKernelSetupSyncShutdown(t *testing.T) {
 	if err := d2.Shutdown(ctx); err != nil {
 		t.Fatalf("fail-open Shutdown: %v", err)
 	}
+	if out := e.mustIn(e.name, "nft", "list", "table", "inet", TableName); !strings.Contains(out, "10.1.0.2") {
+		t.Errorf("fail-open Shutdown lost the table or its selected pods:\n%s", out)
+	}
+	if err := d2.Check(ctx); err != nil {
+		t.Errorf("Check after Shutdown: %v", err)
+	}
+	if err := d2.Remove(ctx); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
 	if out, err := e.in(e.name, "nft", "list", "table", "inet", TableName); err == nil {
-		t.Errorf("fail-open Shutdown left the table:\n%s", out)
+		t.Errorf("Remove left the table:\n%s", out)
 	}
 	if got := e.mustIn(e.name, "iptables-nft-save", "-t", "mangle"); strings.Contains(got, "TOLLGATE") {
-		t.Errorf("fail-open Shutdown left iptables rules:\n%s", got)
+		t.Errorf("Remove left iptables rules:\n%s", got)
 	}
 	if got := e.mustIn(e.name, "ip6tables-nft-save", "-t", "mangle"); strings.Contains(got, "TOLLGATE") {
-		t.Errorf("fail-open Shutdown left ip6tables rules:\n%s", got)
+		t.Errorf("Remove left ip6tables rules:\n%s", got)
+	}
+	if err := d2.Check(ctx); !errors.Is(err, ErrDamaged) {
+		t.Errorf("Check after Remove = %v, want ErrDamaged", err)
 	}
 }
 
@@ -253,7 +263,7 @@ func newTopology(t *testing.T, e *netnsEnv) *topology {
 		}
 	}
 	if socat == "" {
-		t.Skip("socat not installed: needed for the packet test")
+		testenv.Skip(t, "socat is not installed (make e2e-deps): needed for the packet test")
 	}
 	tp := &topology{e: e, podA: e.name + "-a", podB: e.name + "-b", ipA: "10.77.1.2", ipB: "10.77.2.2"}
 	for _, pod := range []struct{ ns, ip, veth string }{{tp.podA, tp.ipA, "tga"}, {tp.podB, tp.ipB, "tgb"}} {
@@ -390,5 +400,12 @@ func TestKernelFailModesWithPackets(t *testing.T) {
 	if err := open.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	expect("fail-open, queuer shut down", "8080", true)
+	// The ruleset and its caches outlive the queuer: the cached deny still
+	// drops, other new connections pass through the bypass.
+	expect("fail-open, queuer shut down, cached deny", "8080", false)
+	expect("fail-open, queuer shut down, not cached", "8081", true)
+	if err := open.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect("ruleset removed (queuer cleanup)", "8080", true)
 }

@@ -17,13 +17,21 @@ const (
 	setDeny6     = "deny6"
 	setCut4      = "cut4"
 	setCut6      = "cut6"
+	setDNS4      = "dns4"
+	setDNS6      = "dns6"
 
-	chainForward  = "forward"
-	chainInput    = "input"
-	chainClassify = "classify"
-	chainDecide4  = "decide4"
-	chainDecide6  = "decide6"
-	chainToQueue  = "to-queue"
+	chainForward        = "forward"
+	chainInput          = "input"
+	chainForwardVerdict = "forward-verdict"
+	chainInputVerdict   = "input-verdict"
+	chainClassify       = "classify"
+	chainDecide4        = "decide4"
+	chainDecide6        = "decide6"
+	chainToQueue        = "to-queue"
+	chainLearn          = "learn"
+	chainOutput         = "output"
+	chainOutputVerdict  = "output-verdict"
+	chainDNSReplies     = "dns-replies"
 
 	// counterQueued counts the packets the table hands to NFQUEUE, so that
 	// packets the kernel answers without the queuer (queue full in fail-open
@@ -31,17 +39,45 @@ const (
 	counterQueued = "queued"
 )
 
-// XTMark is the packet-mark bit that, in ModeXT, the nft table sets on
-// packets to be queued and the iptables rules match. It avoids the bits of
-// kube-proxy (0x4000, 0x8000), Calico (0xffff0000), Cilium (0x0f00) and
-// Istio (0x539).
-const XTMark uint32 = 0x00002000
+// Packet-mark bits of the queue path. They avoid the bits of kube-proxy
+// (0x4000, 0x8000), Calico (0xffff0000), Cilium (0x0f00) and Istio (0x539).
+//
+// XTMark is the bit that the nft table sets on packets it queues and that,
+// in ModeXT, the iptables rule matches. The queuer answers a packet with
+// NF_ACCEPT and a mark whose VerdictMask bits say what the kernel verdict
+// cache should learn: MarkLearnAllow (add the tuple to allowN, let the
+// packet on) or MarkLearnDeny (add it to denyN, drop the packet). The
+// chains at VerdictPriority do that, then clear the bits; any other value
+// (XTMark alone, or nothing) only has its bits cleared.
+//
+// DNSMark is the bit that, in ModeXT, the nft table sets on DNS answers
+// for pods whose answers are learned, and the iptables rule of the DNS
+// queue matches.
+const (
+	XTMark         uint32 = 0x00002000
+	MarkLearnAllow uint32 = 0x00001000
+	MarkLearnDeny  uint32 = 0x00003000
+	VerdictMask    uint32 = 0x00003000
+	DNSMark        uint32 = 0x00000040
+)
+
+// CtMarkJudged is the conntrack-mark bit set on every connection whose new
+// packets reach decide4/decide6: the connections of selected pods. The
+// flow cutter lists only the entries that carry it (the kernel filters the
+// dump), so a policy change costs in proportion to the flows of selected
+// pods, not to the whole conntrack table.
+const CtMarkJudged uint32 = 0x00100000
 
 // chainPriority runs our base chains just before the iptables mangle chains
 // (priority mangle, -150), so that in ModeXT the mark is set before the
 // iptables rule that tests it. Forward and input run after prerouting DNAT
 // whatever their priority, so the chains see post-DNAT addresses.
 const chainPriority = knftables.BaseChainPriority("mangle - 10")
+
+// VerdictPriority runs the learn chains after the queue in both modes: a
+// packet the queuer accepts resumes at the next hook entry, after our
+// classify chain (ModeNFT) or after iptables' mangle chain (ModeXT).
+const VerdictPriority = knftables.BaseChainPriority("mangle + 10")
 
 // ndTypes are the ICMPv6 neighbour-discovery messages that always pass.
 const ndTypes = "{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect }"
@@ -60,10 +96,11 @@ const (
 	flowType6 = "ipv6_addr . ipv6_addr . inet_proto . inet_service . inet_service"
 )
 
-// CutTTL is how long the cut sets remember a cut flow. It outlasts TCP's
-// retransmissions of an established connection (tcp_retries2 = 15, about
-// 15.4 minutes), the packets that would otherwise reach the ruleset as
-// new connections once conntrack forgot the flow.
+// CutTTL is how long the cut sets remember a cut flow at most. It outlasts
+// TCP's retransmissions of an established connection (tcp_retries2 = 15,
+// about 15.4 minutes), the packets that would otherwise reach the ruleset as
+// new connections once conntrack forgot the flow. The queuer removes a cut
+// sooner when policy allows the flow again.
 const CutTTL = 20 * time.Minute
 
 // desiredObject reports whether Setup defines the object of this kind
@@ -72,14 +109,16 @@ func desiredObject(kind, name string) bool {
 	switch kind {
 	case "chain":
 		switch name {
-		case chainForward, chainInput, chainClassify, chainDecide4, chainDecide6, chainToQueue:
+		case chainForward, chainInput, chainForwardVerdict, chainInputVerdict,
+			chainClassify, chainDecide4, chainDecide6, chainToQueue, chainLearn,
+			chainOutput, chainOutputVerdict, chainDNSReplies:
 			return true
 		}
 	case "counter":
 		return name == counterQueued
 	case "set":
 		switch name {
-		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6, setCut4, setCut6:
+		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6, setCut4, setCut6, setDNS4, setDNS6:
 			return true
 		}
 	}
@@ -88,13 +127,14 @@ func desiredObject(kind, name string) bool {
 
 // queueStatement is the body of the to-queue chain for the mode.
 func queueStatement(cfg Config, mode Mode) string {
+	mark := fmt.Sprintf("meta mark set meta mark | 0x%08x", XTMark)
 	if mode == ModeXT {
-		return fmt.Sprintf("meta mark set meta mark | 0x%08x", XTMark)
+		return mark
 	}
-	s := fmt.Sprintf("queue num %d", cfg.FirstQueue)
+	s := mark + " queue num " + fmt.Sprint(cfg.FirstQueue)
 	var flags string
 	if cfg.QueueCount > 1 {
-		s = fmt.Sprintf("queue num %d-%d", cfg.FirstQueue, int(cfg.FirstQueue)+int(cfg.QueueCount)-1)
+		s = fmt.Sprintf("%s queue num %d-%d", mark, cfg.FirstQueue, int(cfg.FirstQueue)+int(cfg.QueueCount)-1)
 		flags = "fanout"
 	}
 	if cfg.FailOpen {
@@ -109,32 +149,54 @@ func queueStatement(cfg Config, mode Mode) string {
 	return s
 }
 
+// dnsQueueStatement sends a DNS answer to the DNS queue: in ModeXT by the
+// mark the iptables rule matches. The queue always has the bypass flag: an
+// answer is let through unlearned when no queuer reads it.
+func dnsQueueStatement(cfg Config, mode Mode) string {
+	mark := fmt.Sprintf("meta mark set meta mark | 0x%08x", DNSMark)
+	if mode == ModeXT {
+		return mark
+	}
+	return fmt.Sprintf("%s queue num %d bypass", mark, cfg.DNSQueue)
+}
+
 // writeRuleset adds to tx the whole desired state of the table. stale lists
-// objects of an existing table to delete. The selected-pod sets keep their
-// elements; everything else is rebuilt.
-func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[string][]string) {
+// objects of an existing table to delete. The selected-pod, verdict and cut
+// sets keep their elements; with recreate, the verdict sets are deleted and
+// made anew (an existing set keeps its old timeout when added again, so a
+// changed timeout needs that). Everything else is rebuilt.
+func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[string][]string, recreate bool) {
 	tx.Add(&knftables.Table{
 		Comment: knftables.PtrTo("Tollgate: queue new connections of policy-selected pods"),
 	})
 
-	hook := func(name string, h knftables.BaseChainHook) *knftables.Chain {
+	hook := func(name string, h knftables.BaseChainHook, prio knftables.BaseChainPriority) *knftables.Chain {
 		return &knftables.Chain{
 			Name:     name,
 			Type:     knftables.PtrTo(knftables.FilterType),
 			Hook:     knftables.PtrTo(h),
-			Priority: knftables.PtrTo(chainPriority),
+			Priority: knftables.PtrTo(prio),
 			Policy:   knftables.PtrTo(knftables.AcceptPolicy),
 		}
 	}
 	chains := []*knftables.Chain{
-		hook(chainForward, knftables.ForwardHook),
-		hook(chainInput, knftables.InputHook),
+		hook(chainForward, knftables.ForwardHook, chainPriority),
+		hook(chainInput, knftables.InputHook, chainPriority),
+		hook(chainForwardVerdict, knftables.ForwardHook, VerdictPriority),
+		hook(chainInputVerdict, knftables.InputHook, VerdictPriority),
+		hook(chainOutput, knftables.OutputHook, chainPriority),
+		hook(chainOutputVerdict, knftables.OutputHook, VerdictPriority),
 		{Name: chainClassify},
 		{Name: chainDecide4},
 		{Name: chainDecide6},
 		{Name: chainToQueue},
+		{Name: chainLearn},
+		{Name: chainDNSReplies},
 	}
 	for _, c := range chains {
+		// Adding an existing chain changes nothing, and flushing keeps its
+		// hook: base chains are never recreated, so no packet waiting in a
+		// queue is lost and no hook is ever missing.
 		tx.Add(c)
 		tx.Flush(c)
 	}
@@ -158,28 +220,34 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 		Comment: knftables.PtrTo("IPv4 addresses of local policy-selected pods")})
 	tx.Add(&knftables.Set{Name: setSelected6, Type: "ipv6_addr",
 		Comment: knftables.PtrTo("IPv6 addresses of local policy-selected pods")})
+	tx.Add(&knftables.Set{Name: setDNS4, Type: "ipv4_addr",
+		Comment: knftables.PtrTo("IPv4 addresses of local pods whose DNS answers are learned")})
+	tx.Add(&knftables.Set{Name: setDNS6, Type: "ipv6_addr",
+		Comment: knftables.PtrTo("IPv6 addresses of local pods whose DNS answers are learned")})
 	// The cut sets outlive generations and queuer restarts: a flow cut
-	// before either stays cut.
+	// before either stays cut until policy allows it again.
 	for _, c := range []struct{ name, typ string }{{setCut4, flowType4}, {setCut6, flowType6}} {
 		tx.Add(&knftables.Set{Name: c.name, Type: c.typ,
 			Flags:   []knftables.SetFlag{knftables.TimeoutFlag},
 			Timeout: knftables.PtrTo(CutTTL),
+			Size:    knftables.PtrTo(uint64(cfg.CutSetSize)),
 			Comment: knftables.PtrTo("flows cut after a policy change: src . dst . proto . sport . dport")})
 	}
-	// Recreate the verdict sets: a plain add would keep an old timeout, and
-	// old verdicts belong to a decider generation we no longer know.
-	verdictSet := func(name, typ string) *knftables.Set {
-		return &knftables.Set{Name: name, Type: typ,
-			Flags:   []knftables.SetFlag{knftables.TimeoutFlag},
-			Timeout: knftables.PtrTo(cfg.VerdictTTL / time.Second * time.Second)}
-	}
-	for _, s := range []*knftables.Set{
-		verdictSet(setAllow4, tupleType4), verdictSet(setDeny4, tupleType4),
-		verdictSet(setAllow6, tupleType6), verdictSet(setDeny6, tupleType6),
+	// The verdict sets are the kernel tier of the verdict cache, learned by
+	// the learn chain from the queuer's answers; they survive a queuer
+	// restart, so that the node keeps its cached verdicts meanwhile.
+	for _, v := range []struct{ name, typ string }{
+		{setAllow4, tupleType4}, {setDeny4, tupleType4}, {setAllow6, tupleType6}, {setDeny6, tupleType6},
 	} {
-		tx.Add(s)
-		tx.Delete(s)
-		tx.Add(s)
+		set := &knftables.Set{Name: v.name, Type: v.typ,
+			Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+			Timeout: knftables.PtrTo(cfg.VerdictTTL / time.Second * time.Second),
+			Size:    knftables.PtrTo(uint64(cfg.VerdictCacheSize))}
+		tx.Add(set)
+		if recreate {
+			tx.Delete(set)
+			tx.Add(set)
+		}
 	}
 
 	rule := func(chain, text string) {
@@ -187,28 +255,61 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	}
 	rule(chainForward, "jump "+chainClassify)
 	rule(chainInput, "jump "+chainClassify)
+	rule(chainOutput, "jump "+chainDNSReplies)
 
+	// DNS answers to pods whose answers are learned go to the DNS queue
+	// (ahead of everything: they are replies of established flows). Only
+	// replies: an unsolicited packet from port 53 is an ordinary new
+	// connection. The output hook catches answers from the node itself
+	// (NodeLocal DNSCache, host-network resolvers).
+	for _, d := range []struct{ family, set string }{{"ip", setDNS4}, {"ip6", setDNS6}} {
+		rule(chainDNSReplies, fmt.Sprintf("ct direction reply %s daddr @%s meta l4proto { tcp, udp } th sport 53 %s",
+			d.family, d.set, dnsQueueStatement(cfg, mode)))
+	}
+	rule(chainClassify, "jump "+chainDNSReplies)
 	rule(chainClassify, "ct state established,related accept")
 	rule(chainClassify, "icmpv6 type "+ndTypes+" accept")
-	rule(chainClassify, "ct state untracked accept")
 	rule(chainClassify, "ip saddr @"+setSelected4+" goto "+chainDecide4)
 	rule(chainClassify, "ip daddr @"+setSelected4+" goto "+chainDecide4)
 	rule(chainClassify, "ip6 saddr @"+setSelected6+" goto "+chainDecide6)
 	rule(chainClassify, "ip6 daddr @"+setSelected6+" goto "+chainDecide6)
 
-	// A cut flow's packets after conntrack forgot it: any but a fresh TCP
-	// SYN (a new connection that happens to reuse the ports) is dropped,
-	// whichever end speaks first.
-	rule(chainDecide4, flow4+" @"+setCut4+" meta l4proto != tcp drop")
-	rule(chainDecide4, flow4+" @"+setCut4+" tcp flags & (syn | ack) != syn drop")
-	rule(chainDecide4, tuple4+" @"+setAllow4+" accept")
-	rule(chainDecide4, tuple4+" @"+setDeny4+" drop")
-	rule(chainDecide4, "goto "+chainToQueue)
-	rule(chainDecide6, flow6+" @"+setCut6+" meta l4proto != tcp drop")
-	rule(chainDecide6, flow6+" @"+setCut6+" tcp flags & (syn | ack) != syn drop")
-	rule(chainDecide6, tuple6+" @"+setAllow6+" accept")
-	rule(chainDecide6, tuple6+" @"+setDeny6+" drop")
-	rule(chainDecide6, "goto "+chainToQueue)
+	for _, d := range []struct{ chain, flow, tuple, cut, allow, deny string }{
+		{chainDecide4, flow4, tuple4, setCut4, setAllow4, setDeny4},
+		{chainDecide6, flow6, tuple6, setCut6, setAllow6, setDeny6},
+	} {
+		// Every connection judged here is one of a selected pod: the flow
+		// cutter finds them by this bit. Untracked and invalid packets
+		// have no entry; the statement then ends this rule only.
+		rule(d.chain, fmt.Sprintf("ct mark set ct mark | 0x%08x", CtMarkJudged))
+		// A cut flow's packets after conntrack forgot it: any but a fresh
+		// TCP SYN (a new connection that happens to reuse the ports) is
+		// dropped, whichever end speaks first.
+		rule(d.chain, d.flow+" @"+d.cut+" meta l4proto != tcp drop")
+		rule(d.chain, d.flow+" @"+d.cut+" tcp flags & (syn | ack) != syn drop")
+		rule(d.chain, d.tuple+" @"+d.allow+" accept")
+		rule(d.chain, d.tuple+" @"+d.deny+" drop")
+		rule(d.chain, "goto "+chainToQueue)
+	}
 
 	rule(chainToQueue, "counter name "+counterQueued+" "+queueStatement(cfg, mode))
+
+	// After the queue: learn what the queuer's mark says, then clear our
+	// bits so that nothing after us sees them. Packets without them leave
+	// at once. `update` adds the tuple or, if a concurrent miss of the same
+	// tuple learned it first, renews its timeout; when the set is full it
+	// learns nothing and the rule ends there.
+	for _, c := range []string{chainForwardVerdict, chainInputVerdict, chainOutputVerdict} {
+		rule(c, fmt.Sprintf("meta mark & 0x%08x != 0 jump %s", VerdictMask|DNSMark, chainLearn))
+	}
+	learn := func(bits uint32, family, set, tuple string) {
+		rule(chainLearn, fmt.Sprintf("meta mark & 0x%08x == 0x%08x meta nfproto %s update @%s { %s }",
+			VerdictMask, bits, family, set, tuple))
+	}
+	learn(MarkLearnAllow, "ipv4", setAllow4, tuple4)
+	learn(MarkLearnAllow, "ipv6", setAllow6, tuple6)
+	learn(MarkLearnDeny, "ipv4", setDeny4, tuple4)
+	learn(MarkLearnDeny, "ipv6", setDeny6, tuple6)
+	rule(chainLearn, fmt.Sprintf("meta mark & 0x%08x == 0x%08x drop", VerdictMask, MarkLearnDeny))
+	rule(chainLearn, fmt.Sprintf("meta mark set meta mark & 0x%08x", ^(VerdictMask|DNSMark)))
 }

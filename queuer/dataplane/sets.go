@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
-	"time"
 
 	"sigs.k8s.io/knftables"
 )
@@ -17,13 +15,34 @@ import (
 // errNotSetUp is returned by set updates before Setup succeeded.
 var errNotSetUp = errors.New("dataplane: Setup has not run")
 
+// addrSets is a pair of address sets (IPv4 and IPv6) the dataplane keeps
+// in step with the decider: the selected pods, and the pods whose DNS
+// answers are learned. have mirrors the elements as programmed, valid only
+// while known is true.
+type addrSets struct {
+	v4, v6 string
+	what   string // for errors and logs
+	have   map[netip.Addr]struct{}
+	known  bool
+}
+
 // SyncSelected makes selected4 and selected6 hold exactly v4 and v6, the
 // local pods that some policy selects. It adds and deletes only the
 // difference from what it last programmed, in one transaction. If that
 // transaction fails (someone changed the set behind our back), it replaces
 // the sets' whole contents in one transaction instead.
 func (d *Dataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error {
-	want, err := selectedSet(v4, v6)
+	return d.syncAddrs(ctx, &d.selected, v4, v6)
+}
+
+// SyncDNSPods makes dns4 and dns6 hold exactly v4 and v6, the local pods
+// whose DNS answers go to the DNS queue, the way SyncSelected does.
+func (d *Dataplane) SyncDNSPods(ctx context.Context, v4, v6 []netip.Addr) error {
+	return d.syncAddrs(ctx, &d.dnsPods, v4, v6)
+}
+
+func (d *Dataplane) syncAddrs(ctx context.Context, sets *addrSets, v4, v6 []netip.Addr) error {
+	want, err := addrUnion(v4, v6)
 	if err != nil {
 		return err
 	}
@@ -32,16 +51,22 @@ func (d *Dataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error
 	if !d.setUp {
 		return errNotSetUp
 	}
+	elem := func(a netip.Addr) *knftables.Element {
+		if a.Is6() {
+			return &knftables.Element{Set: sets.v6, Key: []string{a.String()}}
+		}
+		return &knftables.Element{Set: sets.v4, Key: []string{a.String()}}
+	}
 
-	if d.selectedKnown {
+	if sets.known {
 		tx := d.nft.NewTransaction()
 		var adds, dels []netip.Addr
 		for a := range want {
-			if _, ok := d.selected[a]; !ok {
+			if _, ok := sets.have[a]; !ok {
 				adds = append(adds, a)
 			}
 		}
-		for a := range d.selected {
+		for a := range sets.have {
 			if _, ok := want[a]; !ok {
 				dels = append(dels, a)
 			}
@@ -53,41 +78,41 @@ func (d *Dataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr) error
 		slices.SortFunc(adds, netip.Addr.Compare)
 		slices.SortFunc(dels, netip.Addr.Compare)
 		for _, a := range dels {
-			tx.Delete(selectedElement(a))
+			tx.Delete(elem(a))
 		}
 		for _, a := range adds {
-			tx.Add(selectedElement(a))
+			tx.Add(elem(a))
 		}
 		err := d.nft.Run(ctx, tx)
 		if err == nil {
-			d.selected = want
+			sets.have = want
 			return nil
 		}
-		slog.Warn("dataplane: incremental update of selected pods failed, replacing the sets", "err", err)
-		d.selectedKnown = false
+		slog.Warn("dataplane: incremental update failed, replacing the sets", "sets", sets.what, "err", err)
+		sets.known = false
 	}
 
 	tx := d.nft.NewTransaction()
-	tx.Flush(&knftables.Set{Name: setSelected4})
-	tx.Flush(&knftables.Set{Name: setSelected6})
+	tx.Flush(&knftables.Set{Name: sets.v4})
+	tx.Flush(&knftables.Set{Name: sets.v6})
 	all := make([]netip.Addr, 0, len(want))
 	for a := range want {
 		all = append(all, a)
 	}
 	slices.SortFunc(all, netip.Addr.Compare)
 	for _, a := range all {
-		tx.Add(selectedElement(a))
+		tx.Add(elem(a))
 	}
 	if err := d.nft.Run(ctx, tx); err != nil {
-		return fmt.Errorf("dataplane: replace selected pod sets: %w", err)
+		return fmt.Errorf("dataplane: replace the sets of %s: %w", sets.what, err)
 	}
-	d.selected = want
-	d.selectedKnown = true
+	sets.have = want
+	sets.known = true
 	return nil
 }
 
-// selectedSet checks the families of v4 and v6 and returns their union.
-func selectedSet(v4, v6 []netip.Addr) (map[netip.Addr]struct{}, error) {
+// addrUnion checks the families of v4 and v6 and returns their union.
+func addrUnion(v4, v6 []netip.Addr) (map[netip.Addr]struct{}, error) {
 	want := make(map[netip.Addr]struct{}, len(v4)+len(v6))
 	for _, a := range v4 {
 		a = a.Unmap()
@@ -105,24 +130,35 @@ func selectedSet(v4, v6 []netip.Addr) (map[netip.Addr]struct{}, error) {
 	return want, nil
 }
 
-func selectedElement(a netip.Addr) *knftables.Element {
-	set := setSelected4
-	if a.Is6() {
-		set = setSelected6
-	}
-	return &knftables.Element{Set: set, Key: []string{a.String()}}
-}
-
 // cachedProtos names the protocols whose verdicts the kernel caches: those
 // with ports. Other protocols (ICMP) always reach the queue.
 var cachedProtos = map[uint8]string{6: "tcp", 17: "udp", 132: "sctp"}
+
+// protoNumbers is cachedProtos reversed, for reading elements back.
+var protoNumbers = map[string]uint8{"tcp": 6, "udp": 17, "sctp": 132}
+
+// Cacheable reports whether the kernel verdict cache can hold verdicts for
+// protocol proto.
+func Cacheable(proto uint8) bool {
+	_, ok := cachedProtos[proto]
+	return ok
+}
+
+// Learned tells the dataplane that the kernel learned v from a queue
+// verdict (see MarkLearnAllow): it remembers the element so that a later
+// policy change can remove it. It is cheap and safe on the packet path.
+func (d *Dataplane) Learned(v Verdict) {
+	if Cacheable(v.Proto) {
+		d.verdicts.note(v)
+	}
+}
 
 // AddVerdicts adds the tuples to the kernel verdict cache (allow4/deny4 or
 // allow6/deny6) with the sets' timeout, in one transaction. Verdicts for
 // protocols without ports (anything but TCP, UDP and SCTP) are skipped.
 func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 	tx := d.nft.NewTransaction()
-	added := make([]mirrored, 0, len(vs))
+	var added []Verdict
 	for _, v := range vs {
 		e, ok, err := verdictElement(v)
 		if err != nil {
@@ -130,7 +166,7 @@ func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 		}
 		if ok {
 			tx.Add(e)
-			added = append(added, mirrored{src: v.Src.Unmap().WithZone(""), dst: v.Dst.Unmap().WithZone(""), elem: e})
+			added = append(added, v)
 		}
 	}
 	if tx.NumOperations() == 0 {
@@ -141,80 +177,118 @@ func (d *Dataplane) AddVerdicts(ctx context.Context, vs []Verdict) error {
 	if err := d.runLocked(ctx, tx, "add verdicts"); err != nil {
 		return err
 	}
-	// Remember what the kernel holds until when. Adding an element that is
-	// already there does not renew its timeout, so a live entry keeps its
-	// expiry; the time is taken after the transaction, so it is never
-	// earlier than the kernel's.
-	now := d.now()
-	expires := now.Add(d.cfg.VerdictTTL / time.Second * time.Second)
-	for _, m := range added {
-		k := mirrorKey(m.elem)
-		if old, found := d.verdicts[k]; !found || !old.expires.After(now) {
-			m.expires = expires
-			d.verdicts[k] = m
-		}
-	}
-	if len(d.verdicts) > d.pruneAt {
-		d.pruneVerdicts(now)
+	for _, v := range added {
+		d.verdicts.note(v)
 	}
 	return nil
 }
 
-// mirrored is a verdict-set element the dataplane added, as it remembers it.
-type mirrored struct {
-	src, dst netip.Addr
-	elem     *knftables.Element
-	expires  time.Time
+// ForgetVerdicts removes the tuples from the kernel verdict cache, in one
+// transaction; tuples the kernel does not hold (expired, never learned) are
+// not errors.
+func (d *Dataplane) ForgetVerdicts(ctx context.Context, vs []Verdict) error {
+	tx := d.nft.NewTransaction()
+	for _, v := range vs {
+		e, ok, err := verdictElement(v)
+		if err != nil {
+			return err
+		}
+		if ok {
+			removeElement(tx, e)
+		}
+		d.verdicts.forget(v)
+	}
+	if tx.NumOperations() == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.runLocked(ctx, tx, "forget verdicts")
 }
 
-func mirrorKey(e *knftables.Element) string { return e.Set + " " + strings.Join(e.Key, " . ") }
-
-// pruneVerdicts forgets elements the kernel has expired. d.mu is held.
-func (d *Dataplane) pruneVerdicts(now time.Time) {
-	for k, m := range d.verdicts {
-		if !m.expires.After(now) {
-			delete(d.verdicts, k)
-		}
-	}
-	d.pruneAt = max(4096, 2*len(d.verdicts))
+// removeElement deletes e whether or not the set holds it: adding an
+// element that exists changes nothing, and a delete of a missing element
+// would fail the whole transaction.
+func removeElement(tx *knftables.Transaction, e *knftables.Element) {
+	tx.Add(e)
+	tx.Delete(e)
 }
 
 // InvalidateVerdicts removes from the kernel verdict cache, in one
 // transaction, every element whose source or destination changed reports,
-// and keeps the rest: the decider said their verdicts stand. If that
-// transaction fails (an element expired between the two looks), it
-// flushes the verdict sets instead, which is always safe.
+// and keeps the rest: the decider said their verdicts stand. When the
+// dataplane does not know every element (its mirror overflowed) or the
+// transaction fails, it flushes the verdict sets instead, which is always
+// safe.
 func (d *Dataplane) InvalidateVerdicts(ctx context.Context, changed func(netip.Addr) bool) error {
-	d.mu.Lock()
-	if !d.setUp {
-		d.mu.Unlock()
-		return errNotSetUp
+	keys, all := d.verdicts.take(changed)
+	if all {
+		return d.FlushVerdicts(ctx)
 	}
-	now := d.now()
-	d.pruneVerdicts(now)
+	if len(keys) == 0 {
+		return nil
+	}
 	tx := d.nft.NewTransaction()
-	var gone []string
-	for k, m := range d.verdicts {
-		if changed(m.src) || changed(m.dst) {
-			tx.Delete(m.elem)
-			gone = append(gone, k)
+	for _, k := range keys {
+		if e, ok, err := verdictElement(k.verdict()); err == nil && ok {
+			removeElement(tx, e)
 		}
 	}
-	if len(gone) == 0 {
-		d.mu.Unlock()
-		return nil
-	}
-	err := d.nft.Run(ctx, tx)
-	if err == nil {
-		for _, k := range gone {
-			delete(d.verdicts, k)
-		}
-		d.mu.Unlock()
-		return nil
-	}
+	d.mu.Lock()
+	err := d.runLocked(ctx, tx, "invalidate verdicts")
 	d.mu.Unlock()
-	slog.Info("dataplane: precise verdict invalidation failed, flushing the verdict sets", "elements", len(gone), "err", err)
+	if err == nil {
+		return nil
+	}
+	slog.Info("dataplane: precise verdict invalidation failed, flushing the verdict sets", "elements", len(keys), "err", err)
 	return d.FlushVerdicts(ctx)
+}
+
+// CachedVerdicts reports how many verdicts the dataplane believes the
+// kernel holds.
+func (d *Dataplane) CachedVerdicts() int { return d.verdicts.size() }
+
+// listVerdicts reads the elements of the four verdict sets; ok is false if
+// any could not be read or understood.
+func (d *Dataplane) listVerdicts(ctx context.Context) (vs []Verdict, ok bool) {
+	for _, set := range []struct {
+		name  string
+		allow bool
+	}{{setAllow4, true}, {setDeny4, false}, {setAllow6, true}, {setDeny6, false}} {
+		elems, err := d.nft.ListElements(ctx, "set", set.name)
+		if err != nil {
+			slog.Warn("dataplane: could not read the adopted verdict cache; it is flushed at the next change", "set", set.name, "err", err)
+			return nil, false
+		}
+		for _, e := range elems {
+			v, good := parseVerdictKey(e.Key)
+			if !good {
+				return nil, false
+			}
+			v.Allow = set.allow
+			vs = append(vs, v)
+		}
+	}
+	return vs, true
+}
+
+// parseVerdictKey reads "src . dst . proto . port" back.
+func parseVerdictKey(key []string) (Verdict, bool) {
+	if len(key) != 4 {
+		return Verdict{}, false
+	}
+	src, err1 := netip.ParseAddr(key[0])
+	dst, err2 := netip.ParseAddr(key[1])
+	port, err3 := strconv.ParseUint(key[3], 10, 16)
+	proto, ok := protoNumbers[key[2]]
+	if !ok {
+		n, err := strconv.ParseUint(key[2], 10, 8)
+		proto, ok = uint8(n), err == nil
+	}
+	if err1 != nil || err2 != nil || err3 != nil || !ok {
+		return Verdict{}, false
+	}
+	return Verdict{Src: src, Dst: dst, Proto: proto, DstPort: uint16(port)}, true
 }
 
 // verdictElement returns the set element for v; ok is false when v's
@@ -254,36 +328,108 @@ type Flow struct {
 	SrcPort, DstPort uint16
 }
 
-// AddCuts puts flows into the cut sets (cut4/cut6) for CutTTL, in one
-// transaction. Packets of a cut flow are dropped even after conntrack
-// forgot it, except a TCP SYN, and FlushVerdicts leaves the cut sets alone.
-// Flows of protocols without ports are skipped.
+// Comments that tell the two directions of a cut flow apart in the cut
+// sets, so that a new process can tell which direction policy judges.
+const (
+	cutForward = "forward"
+	cutReverse = "reverse"
+)
+
+// cutElements returns the cut-set elements of both directions of f; ok is
+// false for protocols without ports.
+func cutElements(f Flow) (fwd, rev *knftables.Element, ok bool, err error) {
+	proto, ok := cachedProtos[f.Proto]
+	if !ok {
+		return nil, nil, false, nil
+	}
+	src, dst := f.Src.Unmap().WithZone(""), f.Dst.Unmap().WithZone("")
+	var set string
+	switch {
+	case src.Is4() && dst.Is4():
+		set = setCut4
+	case src.Is6() && dst.Is6():
+		set = setCut6
+	default:
+		return nil, nil, false, fmt.Errorf("dataplane: cut %s -> %s: addresses invalid or of different families", f.Src, f.Dst)
+	}
+	sport, dport := strconv.Itoa(int(f.SrcPort)), strconv.Itoa(int(f.DstPort))
+	fwd = &knftables.Element{Set: set, Key: []string{src.String(), dst.String(), proto, sport, dport},
+		Comment: knftables.PtrTo(cutForward)}
+	rev = &knftables.Element{Set: set, Key: []string{dst.String(), src.String(), proto, dport, sport},
+		Comment: knftables.PtrTo(cutReverse)}
+	return fwd, rev, true, nil
+}
+
+// AddCuts puts flows, each in both directions, into the cut sets
+// (cut4/cut6) for at most CutTTL, in one transaction. Each flow is given in
+// the direction its connection was opened. Packets of a cut flow are
+// dropped even after conntrack forgot it, except a TCP SYN, and
+// FlushVerdicts leaves the cut sets alone. Flows of protocols without ports
+// are skipped.
 func (d *Dataplane) AddCuts(ctx context.Context, flows []Flow) error {
+	return d.changeCuts(ctx, flows, "add cut flows", func(tx *knftables.Transaction, e *knftables.Element) { tx.Add(e) })
+}
+
+// RemoveCuts takes flows, both directions of each, out of the cut sets, in
+// one transaction: policy allows them again. Flows the sets do not hold are
+// not errors.
+func (d *Dataplane) RemoveCuts(ctx context.Context, flows []Flow) error {
+	return d.changeCuts(ctx, flows, "remove cut flows", removeElement)
+}
+
+// changeCuts applies op to the cut-set elements of both directions of each
+// flow, in one transaction; what names the change in errors.
+func (d *Dataplane) changeCuts(ctx context.Context, flows []Flow, what string, op func(*knftables.Transaction, *knftables.Element)) error {
 	tx := d.nft.NewTransaction()
 	for _, f := range flows {
-		proto, ok := cachedProtos[f.Proto]
-		if !ok {
-			continue
+		fwd, rev, ok, err := cutElements(f)
+		if err != nil {
+			return err
 		}
-		src, dst := f.Src.Unmap().WithZone(""), f.Dst.Unmap().WithZone("")
-		var set string
-		switch {
-		case src.Is4() && dst.Is4():
-			set = setCut4
-		case src.Is6() && dst.Is6():
-			set = setCut6
-		default:
-			return fmt.Errorf("dataplane: cut %s -> %s: addresses invalid or of different families", f.Src, f.Dst)
+		if ok {
+			op(tx, fwd)
+			op(tx, rev)
 		}
-		tx.Add(&knftables.Element{Set: set, Key: []string{src.String(), dst.String(), proto,
-			strconv.Itoa(int(f.SrcPort)), strconv.Itoa(int(f.DstPort))}})
 	}
 	if tx.NumOperations() == 0 {
 		return nil
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.runLocked(ctx, tx, "add cut flows")
+	return d.runLocked(ctx, tx, what)
+}
+
+// ListCuts returns the flows the cut sets hold, each in the direction its
+// connection was opened, for a new process to adopt. Elements without a
+// direction (written by an older version) are left to expire.
+func (d *Dataplane) ListCuts(ctx context.Context) ([]Flow, error) {
+	var out []Flow
+	for _, name := range []string{setCut4, setCut6} {
+		elems, err := d.nft.ListElements(ctx, "set", name)
+		if knftables.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dataplane: list set %s: %w", name, err)
+		}
+		for _, e := range elems {
+			if e.Comment == nil || *e.Comment != cutForward {
+				continue
+			}
+			bad := fmt.Errorf("dataplane: set %s has element %v, want a 5-tuple", name, e.Key)
+			if len(e.Key) != 5 {
+				return nil, bad
+			}
+			v, ok := parseVerdictKey(e.Key[:4])
+			sport, err := strconv.ParseUint(e.Key[3], 10, 16)
+			dport, err2 := strconv.ParseUint(e.Key[4], 10, 16)
+			if !ok || err != nil || err2 != nil {
+				return nil, bad
+			}
+			out = append(out, Flow{Src: v.Src, Dst: v.Dst, Proto: v.Proto, SrcPort: uint16(sport), DstPort: uint16(dport)})
+		}
+	}
+	return out, nil
 }
 
 // runLocked runs tx if the dataplane is set up; d.mu is held. what names
@@ -312,6 +458,9 @@ func (d *Dataplane) FlushVerdicts(ctx context.Context) error {
 	if err := d.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("dataplane: flush verdict sets: %w", err)
 	}
-	clear(d.verdicts)
+	// Verdicts learned while the flush ran may be in the sets and not in
+	// the mirror, or the other way round; both are harmless once the
+	// mirror is reset, as the caller moved to a new generation first.
+	d.verdicts.reset()
 	return nil
 }

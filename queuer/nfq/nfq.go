@@ -34,9 +34,12 @@ import (
 )
 
 // DefaultCopyLen is the default number of packet bytes copied to userspace:
-// enough for an IPv4 header with options or an IPv6 header with a chain of
-// extension headers, plus the transport header. Parsing needs nothing beyond.
-const DefaultCopyLen = 256
+// the whole packet, up to the 64 KiB an IP packet can hold. An IPv6
+// extension-header chain may push the transport header arbitrarily far
+// (one header can be 2 KiB), and a packet whose transport header was not
+// copied could not be judged. Only the first packet of a connection is
+// queued, and most are small (a TCP SYN), so copying more costs little.
+const DefaultCopyLen = 0xffff
 
 // Verdict is the answer for one packet.
 type Verdict struct {
@@ -47,6 +50,8 @@ type Verdict struct {
 	SetMark bool
 	// Mark is the packet mark to set.
 	Mark uint32
+	// Token is the handler's own; nfq hands it back to Config.AfterVerdict.
+	Token uint64
 }
 
 // Packet is one queued packet.
@@ -63,6 +68,8 @@ type Packet struct {
 	DNAT bool
 	// CtKnown says the kernel attached conntrack information.
 	CtKnown bool
+	// Mark is the packet's mark as queued.
+	Mark uint32
 }
 
 // Handler decides a packet. It is called concurrently from the goroutines
@@ -78,9 +85,6 @@ type Config struct {
 	MaxLen uint32
 	// CopyLen is how many bytes of each packet are copied (DefaultCopyLen).
 	CopyLen uint32
-	// FailOpen asks the kernel to accept packets instead of dropping them
-	// when the queue is full.
-	FailOpen bool
 	// Workers is the number of handler goroutines per queue; 0 or 1 runs the
 	// handler on the reading goroutine.
 	Workers int
@@ -93,6 +97,9 @@ type Config struct {
 	// such as ENOBUFS (the socket buffer overflowed and the kernel dropped
 	// packets).
 	OnError func(queue uint16, err error)
+	// AfterVerdict, when set, runs after the kernel took a packet's
+	// verdict (for an accepted packet: after the rest of the hook ran).
+	AfterVerdict func(p Packet, v Verdict)
 }
 
 // QueueStats are the counters of one queue.
@@ -188,7 +195,7 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		queues = append(queues, r)
 	}
 	slog.Info("nfqueue readers running", "first", cfg.First, "count", cfg.Count,
-		"workers", cfg.Workers, "copyLen", cfg.CopyLen, "failOpen", cfg.FailOpen)
+		"workers", cfg.Workers, "copyLen", cfg.CopyLen)
 	<-runCtx.Done()
 	if err := context.Cause(runCtx); ctx.Err() == nil && err != nil {
 		return err
@@ -205,6 +212,7 @@ type reader struct {
 	jobs     chan Packet
 	workers  sync.WaitGroup
 	onError  func(uint16, error)
+	after    func(Packet, Verdict)
 }
 
 // open opens queue num, asking for conntrack information first and, on
@@ -229,14 +237,16 @@ func open(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uin
 }
 
 func openWith(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uint16, h Handler, conntrack bool) (*reader, error) {
+	// Never NFQA_CFG_F_FAIL_OPEN: with it the kernel accepts a packet when
+	// the queue is full, so a pod that floods new tuples would get its
+	// next, undecided, connection through. A full queue drops instead (and
+	// the kernel counts it); senders retransmit. The fail modes apply to a
+	// queuer or decider that is not there, not to one that is busy.
 	flags := uint32(nfqueue.NfQaCfgFlagGSO)
 	if conntrack {
 		flags |= nfqueue.NfQaCfgFlagConntrack
 	}
-	if cfg.FailOpen {
-		flags |= nfqueue.NfQaCfgFlagFailOpen
-	}
-	r := &reader{num: num, h: h, counters: cfg.Counters.queue(num), onError: cfg.OnError}
+	r := &reader{num: num, h: h, counters: cfg.Counters.queue(num), onError: cfg.OnError, after: cfg.AfterVerdict}
 	if r.counters == nil {
 		return nil, fmt.Errorf("nfq: counters do not cover queue %d", num)
 	}
@@ -306,6 +316,9 @@ func (r *reader) hook(a nfqueue.Attribute) int {
 	if a.Ct != nil {
 		p.DNAT, p.CtKnown = ctDNAT(*a.Ct)
 	}
+	if a.Mark != nil {
+		p.Mark = *a.Mark
+	}
 	r.counters.packets.Add(1)
 	if r.jobs != nil {
 		r.jobs <- p
@@ -335,6 +348,10 @@ func (r *reader) answer(p Packet) {
 		if r.onError != nil {
 			r.onError(r.num, fmt.Errorf("set verdict: %w", err))
 		}
+		return
+	}
+	if r.after != nil {
+		r.after(p, v)
 	}
 }
 

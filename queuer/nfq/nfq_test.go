@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tollgate/tollgate/internal/testenv"
 	"github.com/tollgate/tollgate/queuer/packet"
 )
 
@@ -69,12 +70,8 @@ type netns struct {
 
 func newNetns(t *testing.T) *netns {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace and open NFQUEUE")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs the ip tool")
-	}
+	testenv.NeedRoot(t, "to create a network namespace and open NFQUEUE")
+	testenv.LookPath(t, "ip")
 	name := fmt.Sprintf("tg-nfq-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)

@@ -43,6 +43,12 @@ func FuzzParse(f *testing.F) {
 		if (info.Fragment || !hasICMP) && (info.ICMPType != 0 || info.ICMPCode != 0) {
 			t.Fatalf("ICMP fields set for protocol %d fragment=%v: %+v", info.Proto, info.Fragment, info)
 		}
+		if !info.Fragment && (info.Transport < 20 || info.Transport > len(b)) {
+			t.Fatalf("Transport %d outside the packet of %d bytes", info.Transport, len(b))
+		}
+		if hasPorts && !info.Fragment && (int(info.SrcPort) != int(b[info.Transport])<<8|int(b[info.Transport+1])) {
+			t.Fatalf("Transport %d does not point at the source port %d", info.Transport, info.SrcPort)
+		}
 		// Parsing is a pure function of the bytes.
 		again, err := Parse(b)
 		if err != nil || again != info {

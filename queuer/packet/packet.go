@@ -62,6 +62,9 @@ type Info struct {
 	// Fragment marks a non-first fragment: it carries no transport header, so
 	// ports and ICMP fields are zero.
 	Fragment bool
+	// Transport is the offset of the transport header in the packet (0 for
+	// a non-first fragment).
+	Transport int
 }
 
 // Is4 reports whether the packet is IPv4.
@@ -109,6 +112,7 @@ func parse4(b []byte) (Info, error) {
 	if total := int(binary.BigEndian.Uint16(b[2:4])); total >= ihl && total < len(b) {
 		b = b[:total]
 	}
+	info.Transport = ihl
 	return info, parseL4(&info, b[ihl:])
 }
 
@@ -159,6 +163,7 @@ func parse6(b []byte) (Info, error) {
 		default:
 			// ESP, no-next-header and every transport protocol end the chain.
 			info.Proto = next
+			info.Transport = len(b) - len(rest)
 			return info, parseL4(&info, rest)
 		}
 	}

@@ -171,6 +171,19 @@ func TestParse(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
+			// Transport points at the transport header: its first bytes
+			// are the ports (or the ICMP type and code).
+			switch {
+			case got.Fragment:
+				if got.Transport != 0 {
+					t.Errorf("Transport = %d for a later fragment", got.Transport)
+				}
+			case got.SrcPort != 0 && binary.BigEndian.Uint16(tt.in[got.Transport:]) != got.SrcPort:
+				t.Errorf("Transport = %d does not point at the source port", got.Transport)
+			case got.ICMPType != 0 && tt.in[got.Transport] != got.ICMPType:
+				t.Errorf("Transport = %d does not point at the ICMP type", got.Transport)
+			}
+			got.Transport = 0
 			if got != tt.want {
 				t.Errorf("Parse =\n %+v\nwant\n %+v", got, tt.want)
 			}

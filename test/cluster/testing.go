@@ -3,19 +3,20 @@ package cluster
 import (
 	"context"
 	"errors"
-	"os"
 	"testing"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // StartForTest starts a cluster for t and stops it in t.Cleanup. When the
-// kube-apiserver binary has not been built it skips t, except under CI=true
-// where a missing binary fails the test.
+// kube-apiserver binary has not been built it skips t (testenv.Skip: a
+// failure under CI=true).
 func StartForTest(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	if opts.KubeAPIServer == "" {
 		path, err := KubeAPIServerPath()
-		if errors.Is(err, ErrNoKubeAPIServer) && os.Getenv("CI") != "true" {
-			t.Skipf("skipping: %v", err)
+		if errors.Is(err, ErrNoKubeAPIServer) {
+			testenv.Skip(t, "%v", err)
 		}
 		if err != nil {
 			t.Fatalf("locate kube-apiserver: %v", err)

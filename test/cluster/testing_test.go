@@ -1,28 +1,10 @@
 package cluster
 
 import (
-	"fmt"
-	"runtime"
 	"testing"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
-
-// recordingTB records how StartForTest ends a test without ending ours.
-type recordingTB struct {
-	testing.TB
-	skipped, failed string
-}
-
-func (r *recordingTB) Helper() {}
-
-func (r *recordingTB) Skipf(format string, args ...any) {
-	r.skipped = fmt.Sprintf(format, args...)
-	runtime.Goexit()
-}
-
-func (r *recordingTB) Fatalf(format string, args ...any) {
-	r.failed = fmt.Sprintf(format, args...)
-	runtime.Goexit()
-}
 
 func TestStartForTestMissingBinary(t *testing.T) {
 	tests := []struct {
@@ -37,18 +19,12 @@ func TestStartForTestMissingBinary(t *testing.T) {
 		t.Run("CI="+tt.ci, func(t *testing.T) {
 			t.Setenv("CI", tt.ci)
 			t.Setenv(EnvKubeAPIServer, "/nonexistent/kube-apiserver")
-			rec := &recordingTB{TB: t}
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				StartForTest(rec, Options{})
-			}()
-			<-done
-			if tt.wantSkip && (rec.skipped == "" || rec.failed != "") {
-				t.Errorf("want a skip, got skipped=%q failed=%q", rec.skipped, rec.failed)
+			skipped, failed := testenv.Capture(t, func(tb testing.TB) { StartForTest(tb, Options{}) })
+			if tt.wantSkip && (skipped == "" || failed != "") {
+				t.Errorf("want a skip, got skipped=%q failed=%q", skipped, failed)
 			}
-			if !tt.wantSkip && (rec.failed == "" || rec.skipped != "") {
-				t.Errorf("want a failure, got skipped=%q failed=%q", rec.skipped, rec.failed)
+			if !tt.wantSkip && (failed == "" || skipped != "") {
+				t.Errorf("want a failure, got skipped=%q failed=%q", skipped, failed)
 			}
 		})
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/tollgate/tollgate/deploy"
 	"github.com/tollgate/tollgate/internal/proc"
+	"github.com/tollgate/tollgate/internal/testenv"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/cluster"
 	"github.com/tollgate/tollgate/test/netsim"
@@ -65,20 +66,10 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintln(os.Stderr, "conformance tests need root; CI=true forbids skipping them")
-			return 1
-		}
-		fmt.Println("SKIP: conformance tests need root")
-		return 0
+		return testenv.SkipMain("conformance tests need root")
 	}
 	if _, err := cluster.KubeAPIServerPath(); err != nil {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		fmt.Println("SKIP:", err, "(make kube-apiserver)")
-		return 0
+		return testenv.SkipMain("%v", err)
 	}
 	e, err := setup()
 	if e != nil {

@@ -55,8 +55,8 @@ func (d *slowDecider) DecideStream(s tollgatev1.DeciderService_DecideStreamServe
 
 // TestQueueOverflow fires a burst of new connections at a selected pod while
 // the decider is slow and the queue holds 2 packets: the queuer stays up,
-// fail-open lets overflow through, fail-closed drops it (and the kernel
-// counts the drops), and afterwards connections work again.
+// the kernel drops what does not fit and counts it, in both fail modes (a
+// busy queuer is not an absent one), and afterwards connections work again.
 func TestQueueOverflow(t *testing.T) {
 	for _, failOpen := range []bool{true, false} {
 		t.Run(fmt.Sprintf("fail-open=%v", failOpen), func(t *testing.T) {
@@ -96,14 +96,8 @@ func TestQueueOverflow(t *testing.T) {
 			}
 			out, _ := netsim.Exec(n.node.Netns(), "cat", "/proc/net/netfilter/nfnetlink_queue")
 			t.Logf("nfnetlink_queue: %s", strings.TrimSpace(out))
-			if failOpen && failed.Load() != 0 {
-				t.Errorf("fail-open: %d connections failed during overflow", failed.Load())
-			}
-			if !failOpen {
-				f := strings.Fields(out)
-				if len(f) < 6 || f[5] == "0" {
-					t.Errorf("fail-closed: the kernel counted no queue drops (%q)", out)
-				}
+			if f := strings.Fields(out); len(f) < 6 || f[5] == "0" {
+				t.Errorf("the kernel counted no queue drops (%q)", out)
 			}
 			// The queuer still answers afterwards.
 			n.eventually("a connection after the burst", 10*time.Second, func() bool {

@@ -123,10 +123,11 @@ func (n *node) write(name, content string) {
 	}
 }
 
-func (n *node) startDecider() {
+// startDecider starts the decider on the manifests, with extra flags.
+func (n *node) startDecider(extra ...string) {
 	n.t.Helper()
-	n.decider = proc.ForTest(n.t, "decider", exec.Command(filepath.Join(binDir, "decider"), "--manifests", n.manifests,
-		"--socket", n.socket, "--node-name", "node-1", "--metrics-bind-address", ""))
+	args := append([]string{"--manifests", n.manifests, "--socket", n.socket, "--node-name", "node-1", "--metrics-bind-address", ""}, extra...)
+	n.decider = proc.ForTest(n.t, "decider", exec.Command(filepath.Join(binDir, "decider"), args...))
 	n.eventually("decider healthy", 15*time.Second, func() bool {
 		return exec.Command(filepath.Join(binDir, "decider"), "healthcheck", "--socket", n.socket).Run() == nil
 	})

@@ -222,3 +222,52 @@ func randomTag() uint32 {
 		}
 	}
 }
+
+// SCTPFlow sends SCTP INITs from one fixed source port of a host to one
+// destination: every ping has the same 5-tuple, and so the same conntrack
+// entry while it lives, like the packets of one association.
+type SCTPFlow struct {
+	conn          net.PacketConn
+	to            netip.Addr
+	srcPort, port uint16
+	tag           uint32
+}
+
+// OpenSCTPFlow opens a flow from host's namespace to to:port from srcPort.
+func OpenSCTPFlow(from Host, to netip.Addr, port, srcPort uint16) (*SCTPFlow, error) {
+	network := "ip4:sctp"
+	if to.Is6() {
+		network = "ip6:sctp"
+	}
+	var conn net.PacketConn
+	if err := RunInNS(from.Netns(), func() (err error) {
+		conn, err = net.ListenPacket(network, "")
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("open raw sctp socket in %s: %w", from.HostName(), err)
+	}
+	return &SCTPFlow{conn: conn, to: to, srcPort: srcPort, port: port, tag: randomTag()}, nil
+}
+
+// Ping sends an INIT and reports whether the INIT-ACK came back in time.
+func (f *SCTPFlow) Ping(timeout time.Duration) bool {
+	init := marshalSCTP(f.srcPort, f.port, 0, initChunk(chunkInit, f.tag, randomTag()))
+	if _, err := f.conn.WriteTo(init, &net.IPAddr{IP: f.to.AsSlice()}); err != nil {
+		return false
+	}
+	_ = f.conn.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 2048)
+	for {
+		n, _, err := f.conn.ReadFrom(buf)
+		if err != nil {
+			return false
+		}
+		got, err := parseSCTP(buf[:n])
+		if err == nil && got.srcPort == f.port && got.dstPort == f.srcPort && got.vtag == f.tag {
+			return got.chunkType == chunkInitAck
+		}
+	}
+}
+
+// Close closes the flow's socket.
+func (f *SCTPFlow) Close() error { return f.conn.Close() }

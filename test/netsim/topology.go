@@ -8,12 +8,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"regexp"
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 // Gateway addresses on the node end of every pod's veth pair.
@@ -124,17 +124,13 @@ func New(prefix string) (*Topology, error) {
 }
 
 // NewForTest returns a topology closed by t.Cleanup. It skips t when not
-// running as root or when the ip or nft commands are missing.
+// running as root or when the ip or nft commands are missing (testenv.Skip:
+// a failure under CI=true).
 func NewForTest(t testing.TB, prefix string) *Topology {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: network namespaces need root")
-	}
-	for _, tool := range []string{"ip", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed (make e2e-deps)", tool)
-		}
-	}
+	testenv.NeedRoot(t, "for network namespaces")
+	testenv.LookPath(t, "ip")
+	testenv.LookPath(t, "nft")
 	topo, err := New(prefix)
 	if err != nil {
 		t.Fatal(err)

@@ -323,6 +323,60 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 	return file_tollgate_v1_decider_proto_rawDescGZIP(), []int{4}
 }
 
+// Explain says which DecideStream results carry explanations.
+type Explain int32
+
+const (
+	// EXPLAIN_UNSPECIFIED asks for none: the cheapest answer, and what every
+	// client that predates this field gets.
+	Explain_EXPLAIN_UNSPECIFIED Explain = 0
+	// EXPLAIN_DENIED asks for explanations of denied connections only.
+	Explain_EXPLAIN_DENIED Explain = 1
+	// EXPLAIN_ALL asks for explanations of every connection.
+	Explain_EXPLAIN_ALL Explain = 2
+)
+
+// Enum value maps for Explain.
+var (
+	Explain_name = map[int32]string{
+		0: "EXPLAIN_UNSPECIFIED",
+		1: "EXPLAIN_DENIED",
+		2: "EXPLAIN_ALL",
+	}
+	Explain_value = map[string]int32{
+		"EXPLAIN_UNSPECIFIED": 0,
+		"EXPLAIN_DENIED":      1,
+		"EXPLAIN_ALL":         2,
+	}
+)
+
+func (x Explain) Enum() *Explain {
+	p := new(Explain)
+	*p = x
+	return p
+}
+
+func (x Explain) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Explain) Descriptor() protoreflect.EnumDescriptor {
+	return file_tollgate_v1_decider_proto_enumTypes[5].Descriptor()
+}
+
+func (Explain) Type() protoreflect.EnumType {
+	return &file_tollgate_v1_decider_proto_enumTypes[5]
+}
+
+func (x Explain) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Explain.Descriptor instead.
+func (Explain) EnumDescriptor() ([]byte, []int) {
+	return file_tollgate_v1_decider_proto_rawDescGZIP(), []int{5}
+}
+
 // DecideRequest names a connection by its first packet, after any service
 // address translation (DNAT).
 type DecideRequest struct {
@@ -503,7 +557,10 @@ type Explanation struct {
 	// verdict is this direction's result.
 	Verdict Verdict `protobuf:"varint,7,opt,name=verdict,proto3,enum=tollgate.v1.Verdict" json:"verdict,omitempty"`
 	// reason is a one-line human summary of the above.
-	Reason        string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	// domain is, when a domainNames peer of the deciding rule matched, the
+	// name by which it did: one the source pod resolved to the destination.
+	Domain        string `protobuf:"bytes,9,opt,name=domain,proto3" json:"domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -590,6 +647,13 @@ func (x *Explanation) GetVerdict() Verdict {
 func (x *Explanation) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *Explanation) GetDomain() string {
+	if x != nil {
+		return x.Domain
 	}
 	return ""
 }
@@ -828,7 +892,11 @@ type Query struct {
 	// dst_port is the destination port.
 	DstPort uint32 `protobuf:"varint,5,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
 	// via_service: see DecideRequest.via_service.
-	ViaService    bool `protobuf:"varint,6,opt,name=via_service,json=viaService,proto3" json:"via_service,omitempty"`
+	ViaService bool `protobuf:"varint,6,opt,name=via_service,json=viaService,proto3" json:"via_service,omitempty"`
+	// explain asks for the result's explanations (see Result.explanations).
+	// They cost the decider and the stream; a queuer asks only for what it
+	// logs.
+	Explain       Explain `protobuf:"varint,7,opt,name=explain,proto3,enum=tollgate.v1.Explain" json:"explain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -905,6 +973,13 @@ func (x *Query) GetViaService() bool {
 	return false
 }
 
+func (x *Query) GetExplain() Explain {
+	if x != nil {
+		return x.Explain
+	}
+	return Explain_EXPLAIN_UNSPECIFIED
+}
+
 // DecideStreamResponse carries results, not necessarily in query order.
 type DecideStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -962,7 +1037,12 @@ type Result struct {
 	// generation is the decider state that answered.
 	Generation uint64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	// error describes an invalid query.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// explanations, when the query asked for them (Query.explain) and the
+	// decider gives them, are those DecideResponse.explanations would hold:
+	// one per evaluated direction, naming the pod, tier, policy and rule.
+	// Deciders may leave them out; clients must work without them.
+	Explanations  []*Explanation `protobuf:"bytes,5,rep,name=explanations,proto3" json:"explanations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1023,6 +1103,13 @@ func (x *Result) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *Result) GetExplanations() []*Explanation {
+	if x != nil {
+		return x.Explanations
+	}
+	return nil
 }
 
 // WatchRequest subscribes to state changes.
@@ -1099,7 +1186,13 @@ type WatchResponse struct {
 	// nodes' addresses. A connection between two addresses not listed keeps
 	// its verdict. Any address in any namespace may be listed, not only the
 	// node's.
-	Changed       [][]byte `protobuf:"bytes,6,rep,name=changed,proto3" json:"changed,omitempty"`
+	Changed [][]byte `protobuf:"bytes,6,rep,name=changed,proto3" json:"changed,omitempty"`
+	// dns_ipv4 are the node's pod IPv4 addresses (4 bytes each, sorted) whose
+	// DNS answers the queuer should report with Learn: the pods an egress
+	// rule with a domainNames peer governs.
+	DnsIpv4 [][]byte `protobuf:"bytes,7,rep,name=dns_ipv4,json=dnsIpv4,proto3" json:"dns_ipv4,omitempty"`
+	// dns_ipv6 are the same for IPv6 (16 bytes each), sorted.
+	DnsIpv6       [][]byte `protobuf:"bytes,8,rep,name=dns_ipv6,json=dnsIpv6,proto3" json:"dns_ipv6,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1176,6 +1269,188 @@ func (x *WatchResponse) GetChanged() [][]byte {
 	return nil
 }
 
+func (x *WatchResponse) GetDnsIpv4() [][]byte {
+	if x != nil {
+		return x.DnsIpv4
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetDnsIpv6() [][]byte {
+	if x != nil {
+		return x.DnsIpv6
+	}
+	return nil
+}
+
+// LearnRequest reports one DNS answer a pod received.
+type LearnRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pod_addr is the pod's address (4 or 16 bytes): the answer's destination.
+	PodAddr []byte `protobuf:"bytes,1,opt,name=pod_addr,json=podAddr,proto3" json:"pod_addr,omitempty"`
+	// resolutions are the answer's names and addresses.
+	Resolutions   []*Resolution `protobuf:"bytes,2,rep,name=resolutions,proto3" json:"resolutions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LearnRequest) Reset() {
+	*x = LearnRequest{}
+	mi := &file_tollgate_v1_decider_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LearnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LearnRequest) ProtoMessage() {}
+
+func (x *LearnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_v1_decider_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LearnRequest.ProtoReflect.Descriptor instead.
+func (*LearnRequest) Descriptor() ([]byte, []int) {
+	return file_tollgate_v1_decider_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *LearnRequest) GetPodAddr() []byte {
+	if x != nil {
+		return x.PodAddr
+	}
+	return nil
+}
+
+func (x *LearnRequest) GetResolutions() []*Resolution {
+	if x != nil {
+		return x.Resolutions
+	}
+	return nil
+}
+
+// Resolution is one name chain of a DNS answer and where it led.
+type Resolution struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// names are the question's name and the CNAMEs it led to; each of them
+	// resolves to addresses.
+	Names []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	// addresses are the A and AAAA records at the end of the chain (4 or 16
+	// bytes each).
+	Addresses [][]byte `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// ttl_seconds is the smallest TTL along the chain.
+	TtlSeconds    uint32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resolution) Reset() {
+	*x = Resolution{}
+	mi := &file_tollgate_v1_decider_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resolution) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resolution) ProtoMessage() {}
+
+func (x *Resolution) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_v1_decider_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resolution.ProtoReflect.Descriptor instead.
+func (*Resolution) Descriptor() ([]byte, []int) {
+	return file_tollgate_v1_decider_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Resolution) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+func (x *Resolution) GetAddresses() [][]byte {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *Resolution) GetTtlSeconds() uint32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+// LearnResponse says when what was learned is in force.
+type LearnResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation is the decider generation from which its verdicts take the
+	// answer into account (the current one when the answer changed nothing).
+	Generation    uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LearnResponse) Reset() {
+	*x = LearnResponse{}
+	mi := &file_tollgate_v1_decider_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LearnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LearnResponse) ProtoMessage() {}
+
+func (x *LearnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tollgate_v1_decider_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LearnResponse.ProtoReflect.Descriptor instead.
+func (*LearnResponse) Descriptor() ([]byte, []int) {
+	return file_tollgate_v1_decider_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *LearnResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 var File_tollgate_v1_decider_proto protoreflect.FileDescriptor
 
 const file_tollgate_v1_decider_proto_rawDesc = "" +
@@ -1194,7 +1469,7 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12<\n" +
-	"\fexplanations\x18\x03 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\"\xe0\x02\n" +
+	"\fexplanations\x18\x03 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\"\xf8\x02\n" +
 	"\vExplanation\x124\n" +
 	"\tdirection\x18\x01 \x01(\x0e2\x16.tollgate.v1.DirectionR\tdirection\x12%\n" +
 	"\x03pod\x18\x02 \x01(\v2\x13.tollgate.v1.PodRefR\x03pod\x12%\n" +
@@ -1203,7 +1478,8 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\x04rule\x18\x05 \x01(\v2\x14.tollgate.v1.RuleRefR\x04rule\x12+\n" +
 	"\x06action\x18\x06 \x01(\x0e2\x13.tollgate.v1.ActionR\x06action\x12.\n" +
 	"\averdict\x18\a \x01(\x0e2\x14.tollgate.v1.VerdictR\averdict\x12\x16\n" +
-	"\x06reason\x18\b \x01(\tR\x06reason\":\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12\x16\n" +
+	"\x06domain\x18\t \x01(\tR\x06domain\":\n" +
 	"\x06PodRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"Q\n" +
@@ -1215,7 +1491,7 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"C\n" +
 	"\x13DecideStreamRequest\x12,\n" +
-	"\aqueries\x18\x01 \x03(\v2\x12.tollgate.v1.QueryR\aqueries\"\xbc\x01\n" +
+	"\aqueries\x18\x01 \x03(\v2\x12.tollgate.v1.QueryR\aqueries\"\xec\x01\n" +
 	"\x05Query\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
 	"\bsrc_addr\x18\x02 \x01(\fR\asrcAddr\x12\x19\n" +
@@ -1223,18 +1499,20 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\bprotocol\x18\x04 \x01(\x0e2\x15.tollgate.v1.ProtocolR\bprotocol\x12\x19\n" +
 	"\bdst_port\x18\x05 \x01(\rR\adstPort\x12\x1f\n" +
 	"\vvia_service\x18\x06 \x01(\bR\n" +
-	"viaService\"E\n" +
+	"viaService\x12.\n" +
+	"\aexplain\x18\a \x01(\x0e2\x14.tollgate.v1.ExplainR\aexplain\"E\n" +
 	"\x14DecideStreamResponse\x12-\n" +
-	"\aresults\x18\x01 \x03(\v2\x13.tollgate.v1.ResultR\aresults\"~\n" +
+	"\aresults\x18\x01 \x03(\v2\x13.tollgate.v1.ResultR\aresults\"\xbc\x01\n" +
 	"\x06Result\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\averdict\x18\x02 \x01(\x0e2\x14.tollgate.v1.VerdictR\averdict\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x03 \x01(\x04R\n" +
 	"generation\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"+\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12<\n" +
+	"\fexplanations\x18\x05 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\"+\n" +
 	"\fWatchRequest\x12\x1b\n" +
-	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xd0\x01\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\x86\x02\n" +
 	"\rWatchResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1244,7 +1522,22 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\binstance\x18\x04 \x01(\tR\binstance\x12\x1f\n" +
 	"\vchanged_all\x18\x05 \x01(\bR\n" +
 	"changedAll\x12\x18\n" +
-	"\achanged\x18\x06 \x03(\fR\achanged*n\n" +
+	"\achanged\x18\x06 \x03(\fR\achanged\x12\x19\n" +
+	"\bdns_ipv4\x18\a \x03(\fR\adnsIpv4\x12\x19\n" +
+	"\bdns_ipv6\x18\b \x03(\fR\adnsIpv6\"d\n" +
+	"\fLearnRequest\x12\x19\n" +
+	"\bpod_addr\x18\x01 \x01(\fR\apodAddr\x129\n" +
+	"\vresolutions\x18\x02 \x03(\v2\x17.tollgate.v1.ResolutionR\vresolutions\"a\n" +
+	"\n" +
+	"Resolution\x12\x14\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\x12\x1c\n" +
+	"\taddresses\x18\x02 \x03(\fR\taddresses\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\rR\n" +
+	"ttlSeconds\"/\n" +
+	"\rLearnResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation*n\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
@@ -1271,11 +1564,16 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_ALLOW\x10\x01\x12\x0f\n" +
 	"\vACTION_DENY\x10\x02\x12\x0f\n" +
-	"\vACTION_PASS\x10\x032\xee\x01\n" +
+	"\vACTION_PASS\x10\x03*G\n" +
+	"\aExplain\x12\x17\n" +
+	"\x13EXPLAIN_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eEXPLAIN_DENIED\x10\x01\x12\x0f\n" +
+	"\vEXPLAIN_ALL\x10\x022\xae\x02\n" +
 	"\x0eDeciderService\x12A\n" +
 	"\x06Decide\x12\x1a.tollgate.v1.DecideRequest\x1a\x1b.tollgate.v1.DecideResponse\x12W\n" +
 	"\fDecideStream\x12 .tollgate.v1.DecideStreamRequest\x1a!.tollgate.v1.DecideStreamResponse(\x010\x01\x12@\n" +
-	"\x05Watch\x12\x19.tollgate.v1.WatchRequest\x1a\x1a.tollgate.v1.WatchResponse0\x01B;Z9github.com/tollgate/tollgate/proto/tollgate/v1;tollgatev1b\x06proto3"
+	"\x05Watch\x12\x19.tollgate.v1.WatchRequest\x1a\x1a.tollgate.v1.WatchResponse0\x01\x12>\n" +
+	"\x05Learn\x12\x19.tollgate.v1.LearnRequest\x1a\x1a.tollgate.v1.LearnResponseB;Z9github.com/tollgate/tollgate/proto/tollgate/v1;tollgatev1b\x06proto3"
 
 var (
 	file_tollgate_v1_decider_proto_rawDescOnce sync.Once
@@ -1289,53 +1587,62 @@ func file_tollgate_v1_decider_proto_rawDescGZIP() []byte {
 	return file_tollgate_v1_decider_proto_rawDescData
 }
 
-var file_tollgate_v1_decider_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_tollgate_v1_decider_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tollgate_v1_decider_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_tollgate_v1_decider_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tollgate_v1_decider_proto_goTypes = []any{
 	(Protocol)(0),                // 0: tollgate.v1.Protocol
 	(Verdict)(0),                 // 1: tollgate.v1.Verdict
 	(Direction)(0),               // 2: tollgate.v1.Direction
 	(Tier)(0),                    // 3: tollgate.v1.Tier
 	(Action)(0),                  // 4: tollgate.v1.Action
-	(*DecideRequest)(nil),        // 5: tollgate.v1.DecideRequest
-	(*DecideResponse)(nil),       // 6: tollgate.v1.DecideResponse
-	(*Explanation)(nil),          // 7: tollgate.v1.Explanation
-	(*PodRef)(nil),               // 8: tollgate.v1.PodRef
-	(*PolicyRef)(nil),            // 9: tollgate.v1.PolicyRef
-	(*RuleRef)(nil),              // 10: tollgate.v1.RuleRef
-	(*DecideStreamRequest)(nil),  // 11: tollgate.v1.DecideStreamRequest
-	(*Query)(nil),                // 12: tollgate.v1.Query
-	(*DecideStreamResponse)(nil), // 13: tollgate.v1.DecideStreamResponse
-	(*Result)(nil),               // 14: tollgate.v1.Result
-	(*WatchRequest)(nil),         // 15: tollgate.v1.WatchRequest
-	(*WatchResponse)(nil),        // 16: tollgate.v1.WatchResponse
+	(Explain)(0),                 // 5: tollgate.v1.Explain
+	(*DecideRequest)(nil),        // 6: tollgate.v1.DecideRequest
+	(*DecideResponse)(nil),       // 7: tollgate.v1.DecideResponse
+	(*Explanation)(nil),          // 8: tollgate.v1.Explanation
+	(*PodRef)(nil),               // 9: tollgate.v1.PodRef
+	(*PolicyRef)(nil),            // 10: tollgate.v1.PolicyRef
+	(*RuleRef)(nil),              // 11: tollgate.v1.RuleRef
+	(*DecideStreamRequest)(nil),  // 12: tollgate.v1.DecideStreamRequest
+	(*Query)(nil),                // 13: tollgate.v1.Query
+	(*DecideStreamResponse)(nil), // 14: tollgate.v1.DecideStreamResponse
+	(*Result)(nil),               // 15: tollgate.v1.Result
+	(*WatchRequest)(nil),         // 16: tollgate.v1.WatchRequest
+	(*WatchResponse)(nil),        // 17: tollgate.v1.WatchResponse
+	(*LearnRequest)(nil),         // 18: tollgate.v1.LearnRequest
+	(*Resolution)(nil),           // 19: tollgate.v1.Resolution
+	(*LearnResponse)(nil),        // 20: tollgate.v1.LearnResponse
 }
 var file_tollgate_v1_decider_proto_depIdxs = []int32{
 	0,  // 0: tollgate.v1.DecideRequest.protocol:type_name -> tollgate.v1.Protocol
 	1,  // 1: tollgate.v1.DecideResponse.verdict:type_name -> tollgate.v1.Verdict
-	7,  // 2: tollgate.v1.DecideResponse.explanations:type_name -> tollgate.v1.Explanation
+	8,  // 2: tollgate.v1.DecideResponse.explanations:type_name -> tollgate.v1.Explanation
 	2,  // 3: tollgate.v1.Explanation.direction:type_name -> tollgate.v1.Direction
-	8,  // 4: tollgate.v1.Explanation.pod:type_name -> tollgate.v1.PodRef
+	9,  // 4: tollgate.v1.Explanation.pod:type_name -> tollgate.v1.PodRef
 	3,  // 5: tollgate.v1.Explanation.tier:type_name -> tollgate.v1.Tier
-	9,  // 6: tollgate.v1.Explanation.policy:type_name -> tollgate.v1.PolicyRef
-	10, // 7: tollgate.v1.Explanation.rule:type_name -> tollgate.v1.RuleRef
+	10, // 6: tollgate.v1.Explanation.policy:type_name -> tollgate.v1.PolicyRef
+	11, // 7: tollgate.v1.Explanation.rule:type_name -> tollgate.v1.RuleRef
 	4,  // 8: tollgate.v1.Explanation.action:type_name -> tollgate.v1.Action
 	1,  // 9: tollgate.v1.Explanation.verdict:type_name -> tollgate.v1.Verdict
-	12, // 10: tollgate.v1.DecideStreamRequest.queries:type_name -> tollgate.v1.Query
+	13, // 10: tollgate.v1.DecideStreamRequest.queries:type_name -> tollgate.v1.Query
 	0,  // 11: tollgate.v1.Query.protocol:type_name -> tollgate.v1.Protocol
-	14, // 12: tollgate.v1.DecideStreamResponse.results:type_name -> tollgate.v1.Result
-	1,  // 13: tollgate.v1.Result.verdict:type_name -> tollgate.v1.Verdict
-	5,  // 14: tollgate.v1.DeciderService.Decide:input_type -> tollgate.v1.DecideRequest
-	11, // 15: tollgate.v1.DeciderService.DecideStream:input_type -> tollgate.v1.DecideStreamRequest
-	15, // 16: tollgate.v1.DeciderService.Watch:input_type -> tollgate.v1.WatchRequest
-	6,  // 17: tollgate.v1.DeciderService.Decide:output_type -> tollgate.v1.DecideResponse
-	13, // 18: tollgate.v1.DeciderService.DecideStream:output_type -> tollgate.v1.DecideStreamResponse
-	16, // 19: tollgate.v1.DeciderService.Watch:output_type -> tollgate.v1.WatchResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	5,  // 12: tollgate.v1.Query.explain:type_name -> tollgate.v1.Explain
+	15, // 13: tollgate.v1.DecideStreamResponse.results:type_name -> tollgate.v1.Result
+	1,  // 14: tollgate.v1.Result.verdict:type_name -> tollgate.v1.Verdict
+	8,  // 15: tollgate.v1.Result.explanations:type_name -> tollgate.v1.Explanation
+	19, // 16: tollgate.v1.LearnRequest.resolutions:type_name -> tollgate.v1.Resolution
+	6,  // 17: tollgate.v1.DeciderService.Decide:input_type -> tollgate.v1.DecideRequest
+	12, // 18: tollgate.v1.DeciderService.DecideStream:input_type -> tollgate.v1.DecideStreamRequest
+	16, // 19: tollgate.v1.DeciderService.Watch:input_type -> tollgate.v1.WatchRequest
+	18, // 20: tollgate.v1.DeciderService.Learn:input_type -> tollgate.v1.LearnRequest
+	7,  // 21: tollgate.v1.DeciderService.Decide:output_type -> tollgate.v1.DecideResponse
+	14, // 22: tollgate.v1.DeciderService.DecideStream:output_type -> tollgate.v1.DecideStreamResponse
+	17, // 23: tollgate.v1.DeciderService.Watch:output_type -> tollgate.v1.WatchResponse
+	20, // 24: tollgate.v1.DeciderService.Learn:output_type -> tollgate.v1.LearnResponse
+	21, // [21:25] is the sub-list for method output_type
+	17, // [17:21] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_tollgate_v1_decider_proto_init() }
@@ -1348,8 +1655,8 @@ func file_tollgate_v1_decider_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tollgate_v1_decider_proto_rawDesc), len(file_tollgate_v1_decider_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   12,
+			NumEnums:      6,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

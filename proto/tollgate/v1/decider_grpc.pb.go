@@ -29,6 +29,7 @@ const (
 	DeciderService_Decide_FullMethodName       = "/tollgate.v1.DeciderService/Decide"
 	DeciderService_DecideStream_FullMethodName = "/tollgate.v1.DeciderService/DecideStream"
 	DeciderService_Watch_FullMethodName        = "/tollgate.v1.DeciderService/Watch"
+	DeciderService_Learn_FullMethodName        = "/tollgate.v1.DeciderService/Learn"
 )
 
 // DeciderServiceClient is the client API for DeciderService service.
@@ -51,6 +52,14 @@ type DeciderServiceClient interface {
 	// another message follows whenever either changes. Caches keyed on an older
 	// generation must be treated as stale.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
+	// Learn tells the decider what a pod of its node resolved: the names and
+	// addresses of a DNS answer the queuer saw on its way to the pod (only
+	// for the pods WatchResponse.dns_ipv4/dns_ipv6 lists). domainNames peers
+	// match against it. The queuer releases the answer to the pod once the
+	// call returned and it applied the generation the response names, so the
+	// pod's first connection after the lookup already matches. Deciders that
+	// do not support domainNames need not implement it (UNIMPLEMENTED).
+	Learn(ctx context.Context, in *LearnRequest, opts ...grpc.CallOption) (*LearnResponse, error)
 }
 
 type deciderServiceClient struct {
@@ -103,6 +112,16 @@ func (c *deciderServiceClient) Watch(ctx context.Context, in *WatchRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type DeciderService_WatchClient = grpc.ServerStreamingClient[WatchResponse]
 
+func (c *deciderServiceClient) Learn(ctx context.Context, in *LearnRequest, opts ...grpc.CallOption) (*LearnResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LearnResponse)
+	err := c.cc.Invoke(ctx, DeciderService_Learn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeciderServiceServer is the server API for DeciderService service.
 // All implementations must embed UnimplementedDeciderServiceServer
 // for forward compatibility.
@@ -123,6 +142,14 @@ type DeciderServiceServer interface {
 	// another message follows whenever either changes. Caches keyed on an older
 	// generation must be treated as stale.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
+	// Learn tells the decider what a pod of its node resolved: the names and
+	// addresses of a DNS answer the queuer saw on its way to the pod (only
+	// for the pods WatchResponse.dns_ipv4/dns_ipv6 lists). domainNames peers
+	// match against it. The queuer releases the answer to the pod once the
+	// call returned and it applied the generation the response names, so the
+	// pod's first connection after the lookup already matches. Deciders that
+	// do not support domainNames need not implement it (UNIMPLEMENTED).
+	Learn(context.Context, *LearnRequest) (*LearnResponse, error)
 	mustEmbedUnimplementedDeciderServiceServer()
 }
 
@@ -141,6 +168,9 @@ func (UnimplementedDeciderServiceServer) DecideStream(grpc.BidiStreamingServer[D
 }
 func (UnimplementedDeciderServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedDeciderServiceServer) Learn(context.Context, *LearnRequest) (*LearnResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Learn not implemented")
 }
 func (UnimplementedDeciderServiceServer) mustEmbedUnimplementedDeciderServiceServer() {}
 func (UnimplementedDeciderServiceServer) testEmbeddedByValue()                        {}
@@ -199,6 +229,24 @@ func _DeciderService_Watch_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type DeciderService_WatchServer = grpc.ServerStreamingServer[WatchResponse]
 
+func _DeciderService_Learn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LearnRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeciderServiceServer).Learn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeciderService_Learn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeciderServiceServer).Learn(ctx, req.(*LearnRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DeciderService_ServiceDesc is the grpc.ServiceDesc for DeciderService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -209,6 +257,10 @@ var DeciderService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Decide",
 			Handler:    _DeciderService_Decide_Handler,
+		},
+		{
+			MethodName: "Learn",
+			Handler:    _DeciderService_Learn_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"bufio"
@@ -21,35 +21,41 @@ import (
 	"github.com/tollgate/tollgate/queuer/nfq"
 )
 
-// procNFQueue is where the kernel reports per-queue NFQUEUE counters.
-const procNFQueue = "/proc/net/netfilter/nfnetlink_queue"
+// ProcNFQueue is where the kernel reports per-queue NFQUEUE counters.
+const ProcNFQueue = "/proc/net/netfilter/nfnetlink_queue"
 
-// metrics are the queuer's Prometheus metrics. The packet_* and nfqueue_*
+// Metrics are the queuer's Prometheus metrics. The packet_* and nfqueue_*
 // names are those of kube-network-policies, so its dashboards keep working.
-type metrics struct {
+type Metrics struct {
 	registry *prometheus.Registry
 
-	processTime        *prometheus.HistogramVec
-	processMicros      *prometheus.HistogramVec
-	packets            *prometheus.CounterVec
-	failMode           *prometheus.CounterVec
-	deciderRTT         prometheus.Histogram
-	deciderErrors      prometheus.Counter
-	parseErrors        prometheus.Counter
-	generation         prometheus.Gauge
-	dataplaneMode      *prometheus.GaugeVec
-	kernelCacheDropped prometheus.Counter
-	kernelCacheStale   prometheus.Counter
-	kernelCacheErrors  prometheus.Counter
-	invalidations      *prometheus.CounterVec
+	processTime    *prometheus.HistogramVec
+	processMicros  *prometheus.HistogramVec
+	packets        *prometheus.CounterVec
+	failMode       *prometheus.CounterVec
+	deciderRTT     prometheus.Histogram
+	deciderErrors  prometheus.Counter
+	busy           prometheus.Counter
+	unjudgeable    *prometheus.CounterVec
+	generation     prometheus.Gauge
+	dataplaneMode  *prometheus.GaugeVec
+	learnedStale   prometheus.Counter
+	invalidations  *prometheus.CounterVec
+	applyErrors    prometheus.Counter
+	applyLatency   prometheus.Histogram
+	repairs        prometheus.Counter
+	checkErrors    prometheus.Counter
+	cutsLifted     prometheus.Counter
+	cutsNotGuarded prometheus.Counter
+	dnsAnswers     *prometheus.CounterVec
 
 	state *stateCollector
 }
 
-// newMetrics registers every metric. c and counters may be nil (tests);
-// procPath is the NFQUEUE proc file.
-func newMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *metrics {
-	m := &metrics{
+// NewMetrics registers every metric. c and counters may be nil (tests);
+// procPath is the NFQUEUE proc file (ProcNFQueue).
+func NewMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *Metrics {
+	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		processTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "packet_process_time",
@@ -78,10 +84,14 @@ func newMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *metric
 			Name: "tollgate_decider_errors_total",
 			Help: "Decider queries that failed (unavailable, broken stream, timeout, rejected).",
 		}),
-		parseErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tollgate_packet_parse_errors_total",
-			Help: "Queued packets whose headers could not be read (answered by the fail mode).",
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_decider_busy_total",
+			Help: "Packets dropped because the connected decider did not answer within --decide-timeout (in both fail modes).",
 		}),
+		unjudgeable: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_packets_unjudgeable_total",
+			Help: "Queued packets dropped, in both fail modes, because their headers could not be read, by reason (truncated, extension-headers, version, malformed, fragment).",
+		}, []string{"reason"}),
 		generation: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_decider_generation",
 			Help: "Last decider state generation applied.",
@@ -90,43 +100,82 @@ func newMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *metric
 			Name: "tollgate_dataplane_mode",
 			Help: "Queueing mode in use (nft: native queue statement, xt: iptables NFQUEUE target); the value is 1.",
 		}, []string{"mode"}),
-		kernelCacheDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tollgate_kernel_cache_dropped_total",
-			Help: "Verdicts not added to the kernel cache because the batch queue was full.",
-		}),
-		kernelCacheStale: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tollgate_kernel_cache_stale_total",
-			Help: "Queued kernel-cache verdicts discarded because the generation changed.",
-		}),
-		kernelCacheErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tollgate_kernel_cache_errors_total",
-			Help: "Failed writes of verdict batches to the kernel cache.",
+		learnedStale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_kernel_cache_learned_stale_total",
+			Help: "Verdicts the kernel learned while a new generation came into force, removed again.",
 		}),
 		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tollgate_cache_invalidations_total",
 			Help: "Decider generations applied to the verdict caches: precise (only verdicts involving changed addresses dropped) or full.",
 		}, []string{"kind"}),
+		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_watch_apply_errors_total",
+			Help: "Decider announcements that could not be put in force (both cache tiers were reset; retried every second).",
+		}),
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tollgate_generation_apply_seconds",
+			Help:    "Time from a decider generation announced to the dataplane and caches updated for it.",
+			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16), // 100µs .. ~3s
+		}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_ruleset_repairs_total",
+			Help: "Times the ruleset was found missing or changed and restored.",
+		}),
+		checkErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_ruleset_check_errors_total",
+			Help: "Ruleset checks that could not be made (nft or iptables failed).",
+		}),
+		cutsLifted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_conntrack_cuts_lifted_total",
+			Help: "Cut flows released from the cut sets because policy allows them again.",
+		}),
+		dnsAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_dns_answers_total",
+			Help: "DNS answers to pods that domainNames rules govern, by what became of them: learned (in force before the answer went on), no-address, unparsable, tcp-lost, learn-failed or apply-timeout (let through unlearned).",
+		}, []string{"result"}),
+		cutsNotGuarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_conntrack_cuts_unguarded_total",
+			Help: "Flows cut without a cut-set entry (sets or memory full, or the write failed): their other end may reopen them.",
+		}),
 	}
 	m.state = &stateCollector{cache: c, counters: counters, procPath: procPath}
-	m.registry.MustRegister(m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
-		m.deciderErrors, m.parseErrors, m.generation, m.dataplaneMode,
-		m.kernelCacheDropped, m.kernelCacheStale, m.kernelCacheErrors, m.invalidations,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.state)
+	m.registry.MustRegister(m.Collectors()...)
 	return m
 }
 
+// Collectors lists what the registry holds (dashboards' tests read the
+// metric names from it).
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.processTime, m.processMicros, m.packets, m.failMode, m.deciderRTT,
+		m.deciderErrors, m.busy, m.unjudgeable, m.generation, m.dataplaneMode, m.learnedStale, m.invalidations,
+		m.applyErrors, m.applyLatency, m.repairs, m.checkErrors, m.cutsLifted, m.cutsNotGuarded, m.dnsAnswers,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.state}
+}
+
+// Registry is the registry that holds every metric.
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+// SetMode records the dataplane's queueing mode.
+func (m *Metrics) SetMode(mode string) { m.dataplaneMode.WithLabelValues(mode).Set(1) }
+
+// CutStats are the flow cutter's counters and how many cuts it holds.
+type CutStats struct {
+	conntrack.Stats
+	Active int
+}
+
 // countCuts exports the flow cutter's counters.
-func (m *metrics) countCuts(stats func() conntrack.Stats) {
+func (m *Metrics) countCuts(stats func() CutStats) {
 	m.state.mu.Lock()
 	defer m.state.mu.Unlock()
 	m.state.cut = stats
 }
 
-// countBypass makes the metrics report the packets sent to the queues that
+// CountBypass makes the metrics report the packets sent to the queues that
 // the kernel answered without the queuer. sent reads the dataplane's counter
 // of packets sent to NFQUEUE.
-func (m *metrics) countBypass(sent func(context.Context) (uint64, error), failOpen bool) {
+func (m *Metrics) CountBypass(sent func(context.Context) (uint64, error), failOpen bool) {
 	m.state.mu.Lock()
 	defer m.state.mu.Unlock()
 	m.state.sent = sent
@@ -134,7 +183,7 @@ func (m *metrics) countBypass(sent func(context.Context) (uint64, error), failOp
 }
 
 // observePacket records one answered packet.
-func (m *metrics) observePacket(d time.Duration, allow bool, source string) {
+func (m *Metrics) observePacket(d time.Duration, allow bool, source string) {
 	verdict := "drop"
 	if allow {
 		verdict = "accept"
@@ -162,14 +211,16 @@ var (
 	descCutSkipped     = prometheus.NewDesc("tollgate_conntrack_flows_skipped_total", "Established flows of selected pods not re-decided because neither end's verdict inputs changed.", nil, nil)
 	descCutCut         = prometheus.NewDesc("tollgate_conntrack_flows_cut_total", "Established flows cut (conntrack entry deleted) because policy now denies them.", nil, nil)
 	descCutErrors      = prometheus.NewDesc("tollgate_conntrack_cut_errors_total", "Established flows that could not be re-decided (op=decide) or deleted (op=delete).", []string{"op"}, nil)
+	descCutAdopted     = prometheus.NewDesc("tollgate_conntrack_flows_adopted_total", "Allowed flows of newly selected pods given the dataplane's conntrack mark.", nil, nil)
+	descCutsActive     = prometheus.NewDesc("tollgate_conntrack_cuts_active", "Cut flows held in the cut sets.", nil, nil)
 	descQueueSent      = prometheus.NewDesc("tollgate_queue_sent_total",
 		"Packets the nftables table sent to NFQUEUE since the queuer set it up.", nil, nil)
 	descQueueBypassed = prometheus.NewDesc("tollgate_queue_bypassed_total",
 		"Packets sent to NFQUEUE that the kernel answered without the queuer and without counting them "+
-			"in nfqueue_queue_dropped or nfqueue_user_dropped: let through (verdict=accept, fail-open) "+
-			"when the queue or the netlink socket was full or nobody was listening, or dropped "+
-			"(verdict=drop, fail-closed) while nobody was listening. Derived: sent minus read minus "+
-			"kernel drops minus packets waiting; it can lag by the packets in flight, never lead.",
+			"in nfqueue_queue_dropped or nfqueue_user_dropped, that is while nobody read the queue: let "+
+			"through by the queue's bypass flag (verdict=accept, fail-open) or dropped (verdict=drop, "+
+			"fail-closed). A full queue drops in both modes and counts in nfqueue_queue_dropped. Derived: "+
+			"sent minus read minus kernel drops minus packets waiting; it can lag by the packets in flight, never lead.",
 		[]string{"verdict"}, nil)
 )
 
@@ -183,8 +234,8 @@ type stateCollector struct {
 	mu       sync.Mutex
 	sent     func(context.Context) (uint64, error) // nil: bypasses not counted
 	failOpen bool
-	bypassed uint64                 // highest value reported, so the counter never goes back
-	cut      func() conntrack.Stats // nil: flow cutting is off
+	bypassed uint64          // highest value reported, so the counter never goes back
+	cut      func() CutStats // nil: flow cutting is off
 }
 
 // Describe implements prometheus.Collector.
@@ -192,7 +243,7 @@ func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheExpired,
 		descCacheEntries, descQueuePackets, descQueueReadErrs, descQueueVerdErrs,
 		descNFQTotal, descNFQDropped, descNFQUserDropped, descNFQPacketID, descQueueSent, descQueueBypassed,
-		descCutRuns, descCutExamined, descCutSkipped, descCutCut, descCutErrors} {
+		descCutRuns, descCutExamined, descCutSkipped, descCutCut, descCutErrors, descCutAdopted, descCutsActive} {
 		ch <- d
 	}
 }
@@ -218,6 +269,8 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descCutCut, prometheus.CounterValue, float64(st.Cut))
 		ch <- prometheus.MustNewConstMetric(descCutErrors, prometheus.CounterValue, float64(st.DecideErrors), "decide")
 		ch <- prometheus.MustNewConstMetric(descCutErrors, prometheus.CounterValue, float64(st.DeleteErrors), "delete")
+		ch <- prometheus.MustNewConstMetric(descCutAdopted, prometheus.CounterValue, float64(st.Adopted))
+		ch <- prometheus.MustNewConstMetric(descCutsActive, prometheus.GaugeValue, float64(st.Active))
 	}
 	var read uint64
 	if s.cache != nil {
@@ -312,20 +365,20 @@ func parseProcNFQueue(r io.Reader) ([]procQueue, error) {
 			continue
 		}
 		if len(fields) < 8 {
-			return nil, fmt.Errorf("%s: line %q has %d fields, want at least 8", procNFQueue, sc.Text(), len(fields))
+			return nil, fmt.Errorf("%s: line %q has %d fields, want at least 8", ProcNFQueue, sc.Text(), len(fields))
 		}
 		var v [8]uint64
 		for i := range v {
 			n, err := strconv.ParseUint(fields[i], 10, 64)
 			if err != nil {
-				return nil, fmt.Errorf("%s: line %q: %w", procNFQueue, sc.Text(), err)
+				return nil, fmt.Errorf("%s: line %q: %w", ProcNFQueue, sc.Text(), err)
 			}
 			v[i] = n
 		}
 		out = append(out, procQueue{queue: v[0], total: v[2], dropped: v[5], userDropped: v[6], packetID: v[7]})
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read %s: %w", procNFQueue, err)
+		return nil, fmt.Errorf("read %s: %w", ProcNFQueue, err)
 	}
 	return out, nil
 }
