@@ -66,9 +66,11 @@ E2E_NODE_ENV = TOLLGATE_CLUSTER_DIR=$(CLUSTER_DIR) TOLLGATE_DECIDER_IMAGE=$(DECI
 .PHONY: e2e-node-run
 e2e-node-run: ## Run test/e2enode against the running local cluster (SHORT=1 for the short version, RUN=<regexp>).
 	@mkdir -p $(CACHE)
-	$(E2E_NODE_ENV) go test -count=1 -timeout 40m -v $(if $(SHORT),-short) ./test/e2enode/ $(if $(RUN),-run '$(RUN)') 2>&1 | \
-		tee $(CACHE)/e2e-node.log | grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|_test\.go:[0-9]+: |setup:' ; \
-		rc=$${PIPESTATUS[0]}; [ $$rc = 0 ] || echo "full output: $(CACHE)/e2e-node.log"; exit $$rc
+	$(E2E_NODE_ENV) go test -json -count=1 -timeout 40m $(if $(SHORT),-short) ./test/e2enode/ $(if $(RUN),-run '$(RUN)') 2>&1 | \
+		go run ./hack/noskip -v | tee $(CACHE)/e2e-node.log | \
+		grep -E --line-buffered '^(=== RUN|\s*--- |PASS|FAIL|ok|SKIP)|_test\.go:[0-9]+: |setup:' ; \
+		st=("$${PIPESTATUS[@]}"); rc=$$(( st[0] | st[1] )); \
+		[ $$rc = 0 ] || echo "full output: $(CACHE)/e2e-node.log"; exit $$rc
 
 # One cycle: up, images, suite, down (always, keeping the suite's exit code).
 define e2e_node_cycle

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/testenv"
 	"github.com/tollgate/tollgate/test/cluster"
 	"github.com/tollgate/tollgate/test/localcluster"
 )
@@ -45,14 +46,7 @@ var sys *env
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	skip := func(why string) int {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintln(os.Stderr, "e2enode:", why, "(CI=true forbids skipping)")
-			return 1
-		}
-		fmt.Println("SKIP: e2enode:", why)
-		return 0
-	}
+	skip := func(why string) int { return testenv.SkipMain("e2enode: %s", why) }
 	if os.Geteuid() != 0 {
 		return skip("needs root")
 	}

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tollgate/tollgate/internal/testenv"
 )
 
 func TestNodeConfigsDoNotOverlap(t *testing.T) {
@@ -71,9 +73,7 @@ func TestHostPathsRemovedOnlyWhenNew(t *testing.T) {
 // TestKernelTunablesRoundTrip saves and restores the real values (writing
 // back what is there), as root only.
 func TestKernelTunablesRoundTrip(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("writes /proc/sys: needs root")
-	}
+	testenv.NeedRoot(t, "to write /proc/sys")
 	file := filepath.Join(t.TempDir(), "saved")
 	before := HostState()
 	if err := SaveKernelTunables(file); err != nil {
