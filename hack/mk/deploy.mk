@@ -6,7 +6,7 @@
 KUSTOMIZE ?= kubectl kustomize
 
 # Rendered file: kustomize directory.
-DEPLOY_MANIFESTS := deploy/install.yaml:deploy/base deploy/install-anp.yaml:deploy/overlays/anp deploy/install-cnp.yaml:deploy/overlays/cnp
+DEPLOY_MANIFESTS := deploy/install.yaml:deploy/base deploy/install-anp.yaml:deploy/overlays/anp deploy/install-cnp.yaml:deploy/overlays/cnp deploy/cleanup.yaml:deploy/cleanup
 DEPLOY_RENDERED  := $(foreach m,$(DEPLOY_MANIFESTS),$(word 1,$(subst :, ,$(m))))
 
 .PHONY: manifests
