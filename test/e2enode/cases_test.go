@@ -161,6 +161,16 @@ ingress: [{from: [{podSelector: {matchLabels: {pod: a}}, namespaceSelector: {}}]
 	if !testing.Short() {
 		t.Run("rolling update of the DaemonSet, fail-closed", func(t *testing.T) { sys.testRollingUpdate(t, false) })
 	}
+	t.Run("uninstall while a policy denies traffic", func(t *testing.T) {
+		deny := np("x", "deny", `podSelector: {}
+policyTypes: [Ingress]`)
+		t.Cleanup(func() { _ = pm.Undo(sys.cluster, []string{deny}) })
+		sys.runStep(t, step{apply: deny, targets: []pm.Target{tcp80, udp80}, expect: func(f, to string, _ pm.Target) bool { return ns(to) != "x" }})
+		// deploy/README.md: once uninstalled, traffic flows normally, the
+		// policy notwithstanding: nothing enforces it any more.
+		sys.uninstall(t, deploy.NetworkPolicy)
+		sys.runStep(t, step{targets: []pm.Target{tcp80, udp80}, expect: allowAll})
+	})
 }
 
 // TestAdminNetworkPolicy installs deploy/install-anp.yaml (after the

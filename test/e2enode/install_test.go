@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tollgate/tollgate/deploy"
+	"github.com/tollgate/tollgate/queuer/dataplane"
 	"github.com/tollgate/tollgate/test/cluster"
 	"github.com/tollgate/tollgate/test/localcluster"
 	"github.com/tollgate/tollgate/test/netsim"
@@ -47,11 +48,16 @@ func (e *env) install(t *testing.T, f deploy.Flavour) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apply, err := e.applyArgs(t, f, file)
+	apply, err := e.applyArgs(t, file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.uninstall(t, f, apply) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("tollgate at failure:\n%s", e.tollgateState())
+		}
+		e.uninstall(t, f)
+	})
 	start := time.Now()
 	if out, err := e.cluster.Kubectl(apply...); err != nil {
 		t.Fatalf("install %s: %v\n%s", file, err, out)
@@ -63,29 +69,34 @@ func (e *env) install(t *testing.T, f deploy.Flavour) {
 	e.checkInstalled(t)
 }
 
-// applyArgs are the kubectl arguments that apply flavour f.
-func (e *env) applyArgs(t *testing.T, f deploy.Flavour, file string) ([]string, error) {
-	objs, err := deploy.Objects(f)
-	if err != nil {
-		return nil, err
-	}
-	shipped := map[string]string{}
-	for _, o := range objs {
-		if ds, ok := o.(*appsv1.DaemonSet); ok {
-			for _, c := range ds.Spec.Template.Spec.Containers {
-				shipped[c.Name] = c.Image
-			}
-		}
-	}
-	if shipped["decider"] == e.images.decider && shipped["queuer"] == e.images.queuer {
-		return []string{"apply", "-f", filepath.Join(deployDir, file)}, nil
-	}
-	// deploy/README.md: a kustomization of your own that sets the images.
-	dir := t.TempDir()
+// applyArgs are the kubectl arguments that apply file, one of the rendered
+// manifests in deploy/: the file itself when its images are the ones the
+// suite runs, otherwise a kustomization of it that sets them, as
+// deploy/README.md tells users with a registry.
+func (e *env) applyArgs(t *testing.T, file string) ([]string, error) {
 	data, err := os.ReadFile(filepath.Join(deployDir, file))
 	if err != nil {
 		return nil, err
 	}
+	objs, err := deploy.Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]string{"tollgate-decider": e.images.decider, "tollgate-queuer": e.images.queuer}
+	same := true
+	for _, o := range objs {
+		if ds, ok := o.(*appsv1.DaemonSet); ok {
+			spec := ds.Spec.Template.Spec
+			for _, c := range append(spec.InitContainers, spec.Containers...) {
+				name, _, _ := strings.Cut(c.Image, ":")
+				same = same && c.Image == want[name]
+			}
+		}
+	}
+	if same {
+		return []string{"apply", "-f", filepath.Join(deployDir, file)}, nil
+	}
+	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, file), data, 0o644); err != nil {
 		return nil, err
 	}
@@ -109,24 +120,56 @@ func imageOverride(name, ref string) string {
 	return s
 }
 
-// uninstall deletes what install applied, waits until the Tollgate pods
-// are gone, and removes the flavour's CRDs.
-func (e *env) uninstall(t *testing.T, f deploy.Flavour, apply []string) {
-	if t.Failed() {
-		t.Logf("tollgate at failure:\n%s", e.tollgateState())
-	}
-	del := append([]string{"delete", "--ignore-not-found", "--wait", "--timeout=2m"}, apply[1:]...)
-	if out, err := e.cluster.Kubectl(del...); err != nil {
-		t.Errorf("uninstall: %v\n%s", err, out)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	err := waitFor(ctx, 2*time.Minute, time.Second, func() (bool, error) {
-		pods, err := e.cluster.Client().CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=tollgate"})
-		return err == nil && len(pods.Items) == 0, err
-	})
+// uninstall uninstalls flavour f as deploy/README.md says: delete what was
+// applied and wait until the Tollgate pods are gone, then apply
+// deploy/cleanup.yaml, wait for its rollout (queuer cleanup has run on
+// every node) and delete it; then the flavour's CRDs. It checks that no
+// node keeps Tollgate's nftables table or iptables chain. Running it again
+// is harmless.
+func (e *env) uninstall(t *testing.T, f deploy.Flavour) {
+	t.Helper()
+	file, err := f.File()
 	if err != nil {
-		t.Errorf("tollgate pods still there after uninstall: %v", err)
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	for _, step := range []struct {
+		file  string
+		ds    string
+		label string
+	}{{file, "tollgate", "app.kubernetes.io/name=tollgate"}, {deploy.CleanupFile, "tollgate-cleanup", "app.kubernetes.io/name=tollgate-cleanup"}} {
+		apply, err := e.applyArgs(t, step.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if step.file == deploy.CleanupFile {
+			if out, err := e.cluster.Kubectl(apply...); err != nil {
+				t.Fatalf("apply %s: %v\n%s", step.file, err, out)
+			}
+			if out, err := e.cluster.Kubectl("-n", "kube-system", "rollout", "status", "ds/"+step.ds, "--timeout=2m"); err != nil {
+				t.Fatalf("rollout of %s: %v\n%s", step.file, err, out)
+			}
+		}
+		del := append([]string{"delete", "--ignore-not-found", "--wait", "--timeout=2m"}, apply[1:]...)
+		if out, err := e.cluster.Kubectl(del...); err != nil {
+			t.Errorf("delete %s: %v\n%s", step.file, err, out)
+		}
+		err = waitFor(ctx, 2*time.Minute, time.Second, func() (bool, error) {
+			pods, err := e.cluster.Client().CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: step.label})
+			return err == nil && len(pods.Items) == 0, err
+		})
+		if err != nil {
+			t.Errorf("%s pods still there after kubectl delete: %v", step.ds, err)
+		}
+	}
+	for _, n := range localcluster.NodeConfigs(localcluster.Options{Dir: e.dir}) {
+		if out, err := netsim.Exec(n.Netns, "nft", "list", "table", "inet", dataplane.TableName); err == nil {
+			t.Errorf("node %s keeps table inet %s after the uninstall:\n%s", n.Name, dataplane.TableName, out)
+		}
+		if out, err := netsim.Exec(n.Netns, "iptables-save"); err != nil || strings.Contains(out, dataplane.XTChain) {
+			t.Errorf("node %s keeps iptables chain %s after the uninstall (%v):\n%s", n.Name, dataplane.XTChain, err, out)
+		}
 	}
 	for _, set := range crdsOf[f] {
 		if err := e.cluster.RemoveCRDs(ctx, set); err != nil {
