@@ -593,8 +593,8 @@ func TestPodRunsOnEveryNode(t *testing.T) {
 			t.Errorf("container %s runs image %q, want tollgate-%s", c.Name, c.Image, c.Name)
 		}
 		// IfNotPresent with a moving tag runs whatever a node cached first.
-		if !regexp.MustCompile(`^v\d+\.\d+\.\d+$`).MatchString(tag) {
-			t.Errorf("container %s runs image %q: want a version tag (vX.Y.Z), not %q", c.Name, c.Image, tag)
+		if !regexp.MustCompile(`^v?\d+\.\d+\.\d+$`).MatchString(tag) {
+			t.Errorf("container %s runs image %q: want a release version tag (X.Y.Z), not %q", c.Name, c.Image, tag)
 		}
 		if c.ImagePullPolicy != corev1.PullIfNotPresent {
 			t.Errorf("container %s imagePullPolicy = %q", c.Name, c.ImagePullPolicy)

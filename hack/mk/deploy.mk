@@ -25,7 +25,7 @@ verify-manifests: manifests ## Fail if the committed install manifests drift fro
 
 # The images are tagged as the manifests name them (deploy/base), so that a
 # cluster that has them loaded runs deploy/install*.yaml as it is.
-IMAGE_TAG     := $(shell sed -n 's/^[[:space:]]*newTag:[[:space:]]*//p' deploy/base/kustomization.yaml | head -n1)
+IMAGE_TAG     := $(shell sed -n 's/^[[:space:]]*newTag:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$$/\1/p' deploy/base/kustomization.yaml | head -n1)
 DECIDER_IMAGE ?= tollgate-decider:$(IMAGE_TAG)
 QUEUER_IMAGE  ?= tollgate-queuer:$(IMAGE_TAG)
 
