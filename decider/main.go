@@ -18,6 +18,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -36,6 +38,7 @@ import (
 	"github.com/tollgate/tollgate/decider/resolved"
 	"github.com/tollgate/tollgate/decider/source"
 	"github.com/tollgate/tollgate/decider/state"
+	"github.com/tollgate/tollgate/internal/memlimit"
 	"github.com/tollgate/tollgate/internal/version"
 )
 
@@ -57,12 +60,16 @@ func main() {
 	}
 }
 
+// gcPercent is the decider's GOGC unless the environment sets one.
+const gcPercent = 50
+
 type config struct {
-	kubeconfig, manifests, socket, nodeName, metricsAddr, logLevel string
-	settle, crdCheck                                               time.Duration
-	maxPolicySeries                                                int
-	dns                                                            resolved.Options
-	printVersion                                                   bool
+	kubeconfig, manifests, socket, framedSocket, nodeName, metricsAddr, logLevel string
+	settle, crdCheck                                                             time.Duration
+	maxPolicySeries                                                              int
+	dns                                                                          resolved.Options
+	memory                                                                       memlimit.Setting
+	printVersion                                                                 bool
 }
 
 func parseFlags(args []string) (config, error) {
@@ -71,6 +78,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when neither this nor --manifests is set")
 	fs.StringVar(&c.manifests, "manifests", "", "read objects from *.yaml, *.yml and *.json files in this directory instead of the Kubernetes API")
 	fs.StringVar(&c.socket, "socket", defaultSocket, "Unix socket to serve the gRPC API on (created with mode 0660)")
+	fs.StringVar(&c.framedSocket, "framed-socket", "", "Unix socket of the framed stream, DecideStream without gRPC for the queuer's hot path (default: decider-frames.sock beside --socket; \"none\" disables)")
 	fs.StringVar(&c.nodeName, "node-name", "", "this node's name: whose pods Watch reports (default $NODE_NAME, then the hostname)")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
@@ -82,15 +90,26 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.dns.MaxPerPod, "dns-max-per-pod", resolved.DefaultMaxPerPod, "domainNames: learned (name, address) pairs kept per pod; past it the soonest to expire go")
 	fs.IntVar(&c.dns.MaxTotal, "dns-max-entries", resolved.DefaultMaxTotal, "domainNames: learned (pod, name, address) entries kept in all")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	memory := fs.String("memory-limit", "auto", memlimit.FlagUsage)
 	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	var err error
+	if c.memory, err = memlimit.Parse(*memory); err != nil {
+		return c, fmt.Errorf("--memory-limit: %w", err)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if c.kubeconfig != "" && c.manifests != "" {
 		return c, errors.New("--kubeconfig and --manifests are mutually exclusive")
+	}
+	switch c.framedSocket {
+	case "":
+		c.framedSocket = filepath.Join(filepath.Dir(c.socket), "decider-frames.sock")
+	case "none":
+		c.framedSocket = ""
 	}
 	if c.nodeName == "" {
 		c.nodeName = os.Getenv("NODE_NAME")
@@ -119,6 +138,14 @@ func run(args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
+	memlimit.ApplyAndLog(cfg.memory)
+	if os.Getenv("GOGC") == "" {
+		// The heap is mostly long-lived state (informer caches, the
+		// serving snapshot); the garbage is each rebuild's. Collecting at
+		// 1.5× the live heap instead of Go's 2× keeps RSS near what the
+		// state needs, for a collection every few rebuilds.
+		debug.SetGCPercent(gcPercent)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -144,8 +171,20 @@ func run(args []string) error {
 	g := srv.NewGRPCServer()
 	log.Info("decider starting", "version", version.Version, "socket", cfg.socket, "node", cfg.nodeName, "source", sourceName(cfg))
 
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	go func() { errs <- g.Serve(lis) }()
+	if cfg.framedSocket != "" {
+		flis, err := api.Listen(cfg.framedSocket)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(cfg.framedSocket)
+		go func() {
+			if err := srv.ServeFrames(flis); err != nil {
+				errs <- err
+			}
+		}()
+	}
 	if cfg.metricsAddr != "" {
 		go func() { errs <- serveMetrics(ctx, cfg.metricsAddr, reg, st) }()
 	}
@@ -170,6 +209,10 @@ func run(args []string) error {
 		metrics.Published(v)
 		if v.Generation == 1 {
 			srv.MarkServing()
+			// Listing every object at start-up leaves the heap at its
+			// largest; return that memory now rather than over the
+			// minutes the runtime's scavenger would take.
+			go debug.FreeOSMemory()
 		}
 	})
 

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tollgate/tollgate/internal/memlimit"
 	"github.com/tollgate/tollgate/internal/version"
 	"github.com/tollgate/tollgate/queuer/agent"
 	"github.com/tollgate/tollgate/queuer/cache"
@@ -38,6 +40,7 @@ import (
 // options are the command-line flags.
 type options struct {
 	deciderSocket   string
+	framedSocket    string
 	failOpen        bool
 	queues          uint
 	firstQueue      uint
@@ -57,6 +60,7 @@ type options struct {
 	logDecisions    decisionlog.Mode
 	logRate         float64
 	dnsQueue        uint
+	memory          memlimit.Setting
 }
 
 func parseFlags(args []string) (options, error) {
@@ -67,6 +71,7 @@ func parseFlags(args []string) (options, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.deciderSocket, "decider-socket", "/run/tollgate/decider.sock", "Unix socket of the decider")
+	fs.StringVar(&o.framedSocket, "decider-framed-socket", "", "the decider's framed-stream socket, used for verdicts when it accepts (default: decider-frames.sock beside --decider-socket; \"none\": gRPC DecideStream only)")
 	fs.BoolVar(&o.failOpen, "fail-open", true, "accept packets while no decider can be asked (else drop them, also across restarts)")
 	fs.UintVar(&o.queues, "queues", uint(runtime.NumCPU()), "number of NFQUEUE queues, fanned out across CPUs")
 	fs.UintVar(&o.firstQueue, "nfqueue-id", 100, "first NFQUEUE queue number")
@@ -90,8 +95,13 @@ func parseFlags(args []string) (options, error) {
 		return err
 	})
 	fs.Float64Var(&o.logRate, "log-decisions-rate", decisionlog.DefaultRate, "decision log lines per second at most (bursts of twice that); the others are counted in a \"suppressed\" line")
+	memory := fs.String("memory-limit", "auto", memlimit.FlagUsage)
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	var err error
+	if o.memory, err = memlimit.Parse(*memory); err != nil {
+		return o, fmt.Errorf("--memory-limit: %w", err)
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -115,6 +125,12 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("--check-interval must not be negative")
 	case o.logRate <= 0:
 		return o, errors.New("--log-decisions-rate must be positive")
+	}
+	switch o.framedSocket {
+	case "":
+		o.framedSocket = filepath.Join(filepath.Dir(o.deciderSocket), "decider-frames.sock")
+	case "none":
+		o.framedSocket = ""
 	}
 	if o.nodeName == "" {
 		o.nodeName = os.Getenv("NODE_NAME")
@@ -178,6 +194,7 @@ func run(ctx context.Context, o options) error {
 	if err := checkNotIPVS(); err != nil {
 		return err
 	}
+	memlimit.ApplyAndLog(o.memory)
 
 	dp, err := dataplane.New(dataplane.Config{
 		QueueMode:        o.queueMode,
@@ -191,7 +208,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	dec, err := client.New(o.deciderSocket, client.Options{})
+	dec, err := client.New(o.deciderSocket, client.Options{FramedSocket: o.framedSocket})
 	if err != nil {
 		return err
 	}

@@ -127,35 +127,41 @@ func (s *Server) DecideStream(stream tollgatev1.DeciderService_DecideStreamServe
 			}
 			return err
 		}
-		start := time.Now()
-		v := s.state.Current()
-		resp := &tollgatev1.DecideStreamResponse{Results: make([]*tollgatev1.Result, 0, len(req.GetQueries()))}
-		for _, q := range req.GetQueries() {
-			r := &tollgatev1.Result{Id: q.GetId()}
-			t, err := tupleFromQuery(q)
-			switch {
-			case err != nil:
-				r.Error = err.Error()
-			case v == nil:
-				r.Error = "no snapshot yet"
-			default:
-				t.DNS = v.DNS
-				d, ids := v.Snapshot.DecideIDs(t)
-				s.opts.Metrics.decided(v.Snapshot, &d, &ids)
-				r.Verdict = verdict(d.Allowed)
-				r.Generation = v.Generation
-				if x := q.GetExplain(); x == tollgatev1.Explain_EXPLAIN_ALL || (x == tollgatev1.Explain_EXPLAIN_DENIED && !d.Allowed) {
-					r.Explanations = explanations(v.Snapshot, t, &d)
-				}
-			}
-			resp.Results = append(resp.Results, r)
-		}
-		s.opts.Metrics.streamed(len(resp.Results))
-		s.opts.Metrics.observe(time.Since(start))
+		resp := s.answer(req)
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
 	}
+}
+
+// answer decides every query of a DecideStream message.
+func (s *Server) answer(req *tollgatev1.DecideStreamRequest) *tollgatev1.DecideStreamResponse {
+	start := time.Now()
+	v := s.state.Current()
+	resp := &tollgatev1.DecideStreamResponse{Results: make([]*tollgatev1.Result, 0, len(req.GetQueries()))}
+	for _, q := range req.GetQueries() {
+		r := &tollgatev1.Result{Id: q.GetId()}
+		t, err := tupleFromQuery(q)
+		switch {
+		case err != nil:
+			r.Error = err.Error()
+		case v == nil:
+			r.Error = "no snapshot yet"
+		default:
+			t.DNS = v.DNS
+			d, ids := v.Snapshot.DecideIDs(t)
+			s.opts.Metrics.decided(v.Snapshot, &d, &ids)
+			r.Verdict = verdict(d.Allowed)
+			r.Generation = v.Generation
+			if x := q.GetExplain(); x == tollgatev1.Explain_EXPLAIN_ALL || (x == tollgatev1.Explain_EXPLAIN_DENIED && !d.Allowed) {
+				r.Explanations = explanations(v.Snapshot, t, &d)
+			}
+		}
+		resp.Results = append(resp.Results, r)
+	}
+	s.opts.Metrics.streamed(len(resp.Results))
+	s.opts.Metrics.observe(time.Since(start))
+	return resp
 }
 
 // Watch sends the generation and the node's selected pod IPs now and after

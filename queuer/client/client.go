@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -101,6 +102,10 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// MaxBatch is the most queries put in one message (256).
 	MaxBatch int
+	// FramedSocket, when set, is the decider's framed-stream socket
+	// (internal/frames): decisions go there when it accepts a connection,
+	// else over DecideStream.
+	FramedSocket string
 }
 
 // Client talks to one decider. Create it with New, start it with Run.
@@ -113,13 +118,22 @@ type Client struct {
 	notify chan struct{} // wakes the sender; capacity 1
 	pool   sync.Pool     // of chan reply
 
+	// sendMu serialises sends on the open stream: whoever holds it sends
+	// everything pending (a caller that finds the stream idle sends its own
+	// query and the others', without waking the sender goroutine).
+	sendMu sync.Mutex
+	tr     transport   // the open stream; under mu, used under sendMu
+	kind   string      // the open stream's transport, for logs and tests; under mu
+	fail   func(error) // ends the open stream; under mu
+
 	mu        sync.Mutex
 	connected bool
 	queue     []queued              // queries not yet sent on the current stream
+	spare     []queued              // the last batch's slice, reused; under sendMu
 	waiting   map[uint64]chan reply // queries sent or queued, by id
 
-	// testHookBeforeBatch, when set, runs in the sender before it takes the
-	// pending queries (tests use it to observe batching deterministically).
+	// testHookBeforeBatch, when set, runs before a send takes the pending
+	// queries (tests use it to observe batching deterministically).
 	testHookBeforeBatch func()
 }
 
@@ -199,9 +213,16 @@ func (c *Client) Decide(ctx context.Context, q Query) (Result, error) {
 	c.waiting[id] = ch
 	c.queue = append(c.queue, queued{id: id, q: q})
 	c.mu.Unlock()
-	select {
-	case c.notify <- struct{}{}:
-	default: // the sender is already woken
+	if c.sendMu.TryLock() {
+		// The stream is idle: send from here, with whatever else is
+		// pending, without a hand-off to the sender goroutine.
+		c.flushLocked()
+		c.sendMu.Unlock()
+	} else {
+		select {
+		case c.notify <- struct{}{}:
+		default: // the sender is already woken
+		}
 	}
 
 	select {
@@ -253,29 +274,28 @@ func (c *Client) Run(ctx context.Context) {
 	}
 }
 
-// runStream opens one DecideStream and serves it until it breaks. It reports
-// whether the stream was opened.
+// runStream opens one stream (framed when FramedSocket accepts, else
+// DecideStream) and serves it until it breaks. It reports whether the
+// stream was opened.
 func (c *Client) runStream(ctx context.Context) (bool, error) {
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stream, err := c.api.DecideStream(sctx)
+	tr, kind, err := c.open(sctx)
 	if err != nil {
-		return false, fmt.Errorf("open DecideStream: %w", err)
+		return false, err
 	}
+	defer tr.Close()
 	c.mu.Lock()
-	c.connected = true
+	c.connected, c.tr, c.kind, c.fail = true, tr, kind, cancel
 	c.mu.Unlock()
-	slog.Info("decider stream connected")
+	slog.Info("decider stream connected", "transport", kind)
 
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Go(func() { cancel(c.send(sctx)) })
+	wg.Go(func() { cancel(c.receive(tr)) })
 	go func() {
-		defer wg.Done()
-		cancel(c.send(sctx, stream))
-	}()
-	go func() {
-		defer wg.Done()
-		cancel(c.receive(stream))
+		<-sctx.Done()
+		tr.Close() // unblocks Recv
 	}()
 	wg.Wait()
 	err = context.Cause(sctx)
@@ -283,10 +303,30 @@ func (c *Client) runStream(ctx context.Context) (bool, error) {
 	return true, err
 }
 
+// open opens the framed stream if FramedSocket accepts a connection, else a
+// DecideStream.
+func (c *Client) open(ctx context.Context) (transport, string, error) {
+	if c.opts.FramedSocket != "" {
+		d := net.Dialer{Timeout: time.Second}
+		conn, err := d.DialContext(ctx, "unix", c.opts.FramedSocket)
+		if err == nil {
+			return newFramed(conn), "framed", nil
+		}
+		slog.Debug("decider framed stream unavailable; using DecideStream", "socket", c.opts.FramedSocket, "err", err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := c.api.DecideStream(sctx)
+	if err != nil {
+		cancel()
+		return nil, "", fmt.Errorf("open DecideStream: %w", err)
+	}
+	return &grpcStream{stream: stream, cancel: cancel}, "DecideStream", nil
+}
+
 // breakStream marks the stream down and fails every waiting caller.
 func (c *Client) breakStream() {
 	c.mu.Lock()
-	c.connected = false
+	c.connected, c.tr, c.kind, c.fail = false, nil, "", nil
 	waiting := c.waiting
 	c.waiting = map[uint64]chan reply{}
 	c.queue = nil
@@ -296,40 +336,51 @@ func (c *Client) breakStream() {
 	}
 }
 
-// send batches pending queries onto the stream until ctx ends or Send fails.
-func (c *Client) send(ctx context.Context, stream grpc.BidiStreamingClient[tollgatev1.DecideStreamRequest, tollgatev1.DecideStreamResponse]) error {
-	var spare []queued
+// send sends what is pending whenever woken, until ctx ends.
+func (c *Client) send(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-c.notify:
 		}
-		if c.testHookBeforeBatch != nil {
-			c.testHookBeforeBatch()
-		}
-		c.mu.Lock()
-		pending := c.queue
-		c.queue = spare[:0]
-		c.mu.Unlock()
-		for start := 0; start < len(pending); start += c.opts.MaxBatch {
-			part := pending[start:min(len(pending), start+c.opts.MaxBatch)]
-			req := &tollgatev1.DecideStreamRequest{Queries: make([]*tollgatev1.Query, len(part))}
-			for i, item := range part {
-				req.Queries[i] = toProto(item)
-			}
-			if err := stream.Send(req); err != nil {
-				return fmt.Errorf("send: %w", err)
-			}
-		}
-		spare = pending
+		c.sendMu.Lock()
+		c.flushLocked()
+		c.sendMu.Unlock()
 	}
 }
 
+// flushLocked sends every pending query on the open stream, in batches of
+// at most MaxBatch; a failed send ends the stream. c.sendMu is held.
+func (c *Client) flushLocked() {
+	if c.testHookBeforeBatch != nil {
+		c.testHookBeforeBatch()
+	}
+	c.mu.Lock()
+	pending, tr, fail := c.queue, c.tr, c.fail
+	c.queue = c.spare[:0]
+	c.mu.Unlock()
+	if tr == nil {
+		return // breakStream fails the waiters
+	}
+	for start := 0; start < len(pending); start += c.opts.MaxBatch {
+		part := pending[start:min(len(pending), start+c.opts.MaxBatch)]
+		req := &tollgatev1.DecideStreamRequest{Queries: make([]*tollgatev1.Query, len(part))}
+		for i, item := range part {
+			req.Queries[i] = toProto(item)
+		}
+		if err := tr.Send(req); err != nil {
+			fail(fmt.Errorf("send: %w", err))
+			return
+		}
+	}
+	c.spare = pending
+}
+
 // receive routes results to waiters until the stream ends.
-func (c *Client) receive(stream grpc.BidiStreamingClient[tollgatev1.DecideStreamRequest, tollgatev1.DecideStreamResponse]) error {
+func (c *Client) receive(tr transport) error {
 	for {
-		resp, err := stream.Recv()
+		resp, err := tr.Recv()
 		if err != nil {
 			return fmt.Errorf("receive: %w", err)
 		}

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/tollgate/tollgate/internal/frames"
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 )
 
@@ -115,7 +118,14 @@ func serve(t *testing.T, path string, f *fakeDecider) (stop func()) {
 // start creates a client on path and runs it until the test ends.
 func start(t *testing.T, path string) *Client {
 	t.Helper()
-	c, err := New(path, Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	return startWith(t, path, Options{})
+}
+
+// startWith is start with opts, and short backoffs.
+func startWith(t *testing.T, path string, opts Options) *Client {
+	t.Helper()
+	opts.MinBackoff, opts.MaxBackoff = 10*time.Millisecond, 100*time.Millisecond
+	c, err := New(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,5 +400,120 @@ func TestWatchResumesAfterRestart(t *testing.T) {
 	f2.watch <- &tollgatev1.WatchResponse{Generation: 4}
 	if u := next(); u.Generation != 4 || len(u.IPv4) != 0 {
 		t.Fatalf("update after restart = %+v", u)
+	}
+}
+
+// serveFrames answers f's queries on the framed stream at path (one result
+// per query, in order) until the returned stop is called.
+func serveFrames(t *testing.T, path string, f *fakeDecider) (stop func()) {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				r := bufio.NewReader(c)
+				for {
+					msg, err := frames.Read(r, nil, frames.MaxRequest)
+					if err != nil {
+						return
+					}
+					req := &tollgatev1.DecideStreamRequest{}
+					if err := proto.Unmarshal(msg, req); err != nil {
+						t.Errorf("framed request: %v", err)
+						return
+					}
+					f.messages.Add(1)
+					f.queries.Add(int64(len(req.GetQueries())))
+					resp := &tollgatev1.DecideStreamResponse{}
+					for _, q := range req.GetQueries() {
+						resp.Results = append(resp.Results, f.answer(q))
+					}
+					out, err := frames.Append(nil, resp, frames.MaxResponse)
+					if err != nil {
+						t.Errorf("framed answer: %v", err)
+						return
+					}
+					if _, err := c.Write(out); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			l.Close()
+			mu.Lock()
+			for _, c := range conns {
+				c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func transportOf(c *Client) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.kind
+}
+
+// TestFramedStream: the client decides over the framed socket when it
+// accepts, and over DecideStream once it no longer does.
+func TestFramedStream(t *testing.T) {
+	dir := t.TempDir()
+	grpcPath, framedPath := filepath.Join(dir, "decider.sock"), filepath.Join(dir, "frames.sock")
+	viaGRPC, viaFrames := &fakeDecider{gen: 1}, &fakeDecider{gen: 2}
+	serve(t, grpcPath, viaGRPC)
+	stopFrames := serveFrames(t, framedPath, viaFrames)
+
+	c := startWith(t, grpcPath, Options{FramedSocket: framedPath})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	decide := func(want uint64) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for port := range uint16(20) {
+			wg.Go(func() {
+				res, err := c.Decide(ctx, query(port))
+				if err != nil || res.Allow != (port%2 == 0) || res.Generation != want {
+					t.Errorf("port %d: %+v, %v; want generation %d", port, res, err, want)
+				}
+			})
+		}
+		wg.Wait()
+	}
+
+	eventually(t, "connection", c.Connected)
+	if got := transportOf(c); got != "framed" {
+		t.Fatalf("transport %q, want framed", got)
+	}
+	decide(2)
+	if viaFrames.queries.Load() != 20 || viaGRPC.queries.Load() != 0 {
+		t.Errorf("queries: framed %d, gRPC %d; want 20, 0", viaFrames.queries.Load(), viaGRPC.queries.Load())
+	}
+
+	stopFrames()
+	eventually(t, "DecideStream", func() bool { return transportOf(c) == "DecideStream" })
+	decide(1)
+	if viaGRPC.queries.Load() != 20 {
+		t.Errorf("gRPC queries %d, want 20", viaGRPC.queries.Load())
 	}
 }

@@ -253,6 +253,16 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	rule := func(chain, text string) {
 		tx.Add(&knftables.Rule{Chain: chain, Rule: text})
 	}
+	// The mark bits are Tollgate's on this node: a packet that enters with
+	// any of them already set (the kernel sends MLD reports with a stray
+	// mark; another agent may use a bit) has them cleared first. Otherwise
+	// the iptables rules of ModeXT would queue it, and the learn chain
+	// would take a foreign 0x1000 for a verdict and cache an allow that no
+	// decider gave.
+	for _, c := range []string{chainForward, chainInput, chainOutput} {
+		rule(c, fmt.Sprintf("meta mark & 0x%08x != 0 meta mark set meta mark & 0x%08x",
+			VerdictMask|DNSMark, ^(VerdictMask|DNSMark)))
+	}
 	rule(chainForward, "jump "+chainClassify)
 	rule(chainInput, "jump "+chainClassify)
 	rule(chainOutput, "jump "+chainDNSReplies)

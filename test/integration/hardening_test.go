@@ -591,3 +591,54 @@ func TestKernelLearnsVerdicts(t *testing.T) {
 	// Past the size the queuer still answers correctly.
 	n.check(probe{"a", "b", netsim.UDP, false, true}, probe{"c", "b", netsim.UDP, false, false})
 }
+
+// TestForeignMarkBits: packets that reach Tollgate already carrying its mark
+// bits (set by another agent on the node, or by the kernel: MLD reports go
+// out with a stray mark) are neither queued nor taken for verdicts, and the
+// bits that are not Tollgate's stay as the other agent set them.
+func TestForeignMarkBits(t *testing.T) {
+	n := newNode(t)
+	n.startDecider()
+	n.startQueuer(true)
+	n.eventually("ready", 10*time.Second, func() bool { return n.readyz() == 200 })
+	// Another agent marks every forwarded packet before Tollgate looks; a
+	// table after Tollgate counts the packets whose mark is the agent's own
+	// bit alone.
+	for _, mark := range []string{"0x00011000", "0x00012040", "0x00013000"} {
+		t.Run(mark, func(t *testing.T) {
+			rules := fmt.Sprintf(`table ip foreign {
+	chain early { type filter hook forward priority -300; meta mark set %s; }
+	chain late { type filter hook forward priority 300; meta mark 0x00010000 counter; }
+}
+`, mark)
+			if out, err := execStdin(n.node.Netns(), rules, "nft", "-f", "-"); err != nil {
+				t.Fatalf("nft: %v: %s", err, out)
+			}
+			defer netsim.Exec(n.node.Netns(), "nft", "delete", "table", "ip", "foreign")
+			before := n.queued()
+			n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"c", "b", netsim.UDP, false, true})
+			if q := n.queued(); q != before {
+				t.Errorf("%d packets of unselected pods queued, want 0", q-before)
+			}
+			for _, set := range []string{"allow4", "deny4"} {
+				out, _ := netsim.Exec(n.node.Netns(), "nft", "list", "set", "inet", "tollgate", set)
+				if strings.Contains(out, "10.99.1.") {
+					t.Errorf("the foreign mark taught the kernel cache a verdict:\n%s", out)
+				}
+			}
+			out, _ := netsim.Exec(n.node.Netns(), "nft", "list", "chain", "ip", "foreign", "late")
+			if strings.Contains(out, "packets 0 ") {
+				t.Errorf("no packet left with the agent's own bit alone:\n%s", out)
+			}
+		})
+	}
+	// With a policy the agent's bits change nothing either: a is allowed to
+	// b, c is denied.
+	n.write("policy.yaml", policyYAML)
+	n.eventually("y/b selected", 20*time.Second, func() bool { return n.selected("10.99.1.2") })
+	if out, err := execStdin(n.node.Netns(), "table ip foreign {\n\tchain early { type filter hook forward priority -300; meta mark set 0x00011000; }\n}\n", "nft", "-f", "-"); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"c", "b", netsim.TCP, false, false},
+		probe{"a", "b", netsim.UDP, false, true}, probe{"c", "b", netsim.UDP, false, false})
+}
