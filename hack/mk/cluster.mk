@@ -73,11 +73,14 @@ e2e-node-run: ## Run test/e2enode against the running local cluster (SHORT=1 for
 		[ $$rc = 0 ] || echo "full output: $(CACHE)/e2e-node.log"; exit $$rc
 
 # One cycle: up, images, suite, down (always, keeping the suite's exit code).
+# $(1): arguments of e2e-node-run; $(2): more image targets; $(3): a further
+# run against the same cluster (make arguments), after the suite.
 define e2e_node_cycle
 	@start=$$(date +%s); rc=0; \
 	$(MAKE) --no-print-directory cluster-up || rc=$$?; \
-	[ $$rc != 0 ] || $(MAKE) --no-print-directory e2e-images || rc=$$?; \
+	[ $$rc != 0 ] || $(MAKE) --no-print-directory e2e-images $(2) || rc=$$?; \
 	[ $$rc != 0 ] || $(MAKE) --no-print-directory e2e-node-run $(1) || rc=$$?; \
+	[ $$rc != 0 ] || [ -z "$(strip $(3))" ] || $(MAKE) --no-print-directory $(3) || rc=$$?; \
 	$(MAKE) --no-print-directory cluster-down || { [ $$rc != 0 ] || rc=1; }; \
 	echo "e2e-node: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
 endef
@@ -87,5 +90,5 @@ e2e-node: ## Real cluster: up, images from the Dockerfile, every install flavour
 	$(call e2e_node_cycle,)
 
 .PHONY: e2e-node-short
-e2e-node-short: ## The short version of e2e-node (part of make test).
-	$(call e2e_node_cycle,SHORT=1)
+e2e-node-short: referee-build ## The short version of e2e-node, and a few cases of each upstream suite (part of make test).
+	$(call e2e_node_cycle,SHORT=1,referee-images,conformance-upstream-run SHORT=1)
