@@ -85,7 +85,7 @@ faults: e2e-deps kube-apiserver ## Fault injection with real processes: apiserve
 	set -o pipefail; go test -json -race -count=1 -timeout 15m ./test/faults/ | go run ./hack/noskip $(if $(V),-v)
 
 .PHONY: test
-test: e2e-deps tools plugins-deps kube-apiserver lint verify plugins-check unit fuzz-short faults conformance ## Everything CI runs.
+test: e2e-deps tools plugins-deps kube-apiserver lint verify plugins-check unit fuzz-short faults conformance e2e-node-short ## Everything CI runs.
 
 .PHONY: demo
 demo: e2e-deps build ## Real packets, real verdicts: the example policies on a simulated node (as root).

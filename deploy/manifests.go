@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 )
 
-//go:embed install.yaml install-anp.yaml install-cnp.yaml
+//go:embed install.yaml install-anp.yaml install-cnp.yaml cleanup.yaml
 var rendered embed.FS
 
 // Flavour selects an install manifest by the policy APIs it enables.
@@ -76,6 +76,23 @@ func Objects(f Flavour) ([]runtime.Object, error) {
 	objs, err := Decode(data)
 	if err != nil {
 		return nil, fmt.Errorf("decoding the %s install manifest: %w", f, err)
+	}
+	return objs, nil
+}
+
+// CleanupFile is the uninstall helper inside deploy/: a DaemonSet that runs
+// `queuer cleanup` on every node once Tollgate's own DaemonSet is gone.
+const CleanupFile = "cleanup.yaml"
+
+// CleanupObjects decodes the rendered cleanup manifest (see Decode).
+func CleanupObjects() ([]runtime.Object, error) {
+	data, err := rendered.ReadFile(CleanupFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading embedded %s: %w", CleanupFile, err)
+	}
+	objs, err := Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", CleanupFile, err)
 	}
 	return objs, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"path"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -587,9 +588,13 @@ func TestPodRunsOnEveryNode(t *testing.T) {
 		if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return reflect.DeepEqual(e, nodeName) }) {
 			t.Errorf("container %s lacks NODE_NAME from spec.nodeName", c.Name)
 		}
-		image := strings.SplitN(c.Image, ":", 2)[0]
+		image, tag, _ := strings.Cut(c.Image, ":")
 		if path.Base(image) != "tollgate-"+c.Name {
 			t.Errorf("container %s runs image %q, want tollgate-%s", c.Name, c.Image, c.Name)
+		}
+		// IfNotPresent with a moving tag runs whatever a node cached first.
+		if !regexp.MustCompile(`^v?\d+\.\d+\.\d+$`).MatchString(tag) {
+			t.Errorf("container %s runs image %q: want a release version tag (X.Y.Z), not %q", c.Name, c.Image, tag)
 		}
 		if c.ImagePullPolicy != corev1.PullIfNotPresent {
 			t.Errorf("container %s imagePullPolicy = %q", c.Name, c.ImagePullPolicy)

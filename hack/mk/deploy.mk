@@ -6,7 +6,7 @@
 KUSTOMIZE ?= kubectl kustomize
 
 # Rendered file: kustomize directory.
-DEPLOY_MANIFESTS := deploy/install.yaml:deploy/base deploy/install-anp.yaml:deploy/overlays/anp deploy/install-cnp.yaml:deploy/overlays/cnp
+DEPLOY_MANIFESTS := deploy/install.yaml:deploy/base deploy/install-anp.yaml:deploy/overlays/anp deploy/install-cnp.yaml:deploy/overlays/cnp deploy/cleanup.yaml:deploy/cleanup
 DEPLOY_RENDERED  := $(foreach m,$(DEPLOY_MANIFESTS),$(word 1,$(subst :, ,$(m))))
 
 .PHONY: manifests
@@ -23,12 +23,13 @@ verify-manifests: manifests ## Fail if the committed install manifests drift fro
 	@git diff --exit-code -- $(DEPLOY_RENDERED) || { echo "install manifests drifted: run 'make manifests' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- $(DEPLOY_RENDERED))" || { git status --porcelain -- $(DEPLOY_RENDERED); echo "untracked install manifests: run 'make manifests' and commit"; exit 1; }
 
-DECIDER_IMAGE ?= tollgate-decider:latest
-QUEUER_IMAGE  ?= tollgate-queuer:latest
+# The images are tagged as the manifests name them (deploy/base), so that a
+# cluster that has them loaded runs deploy/install*.yaml as it is.
+IMAGE_TAG     := $(shell sed -n 's/^[[:space:]]*newTag:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$$/\1/p' deploy/base/kustomization.yaml | head -n1)
+DECIDER_IMAGE ?= tollgate-decider:$(IMAGE_TAG)
+QUEUER_IMAGE  ?= tollgate-queuer:$(IMAGE_TAG)
 
 .PHONY: image
-image: ## Build the decider and queuer images (needs a Docker engine).
-	@command -v docker >/dev/null 2>&1 || { echo "make image: docker is not installed; no container engine available to build the images" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine available ('docker info' failed); start one or build elsewhere" >&2; exit 1; }
-	docker build --target decider --build-arg VERSION=$(VERSION) -t $(DECIDER_IMAGE) .
-	docker build --target queuer --build-arg VERSION=$(VERSION) -t $(QUEUER_IMAGE) .
+image: ## Build the decider and queuer images from the Dockerfile with buildah (no daemon, no registry; root).
+	@command -v buildah >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 || $(MAKE) --no-print-directory cluster-deps
+	CACHE=$(CACHE) hack/image/image.sh tollgate $(DECIDER_IMAGE) $(QUEUER_IMAGE) $(VERSION)

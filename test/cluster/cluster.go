@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -35,22 +37,51 @@ type Options struct {
 	ExtraAPIServerArgs []string
 	// StartTimeout bounds the wait for etcd and the apiserver; default 90s.
 	StartTimeout time.Duration
+	// BindAddress is the address the apiserver listens on and advertises
+	// (the endpoint of the in-cluster "kubernetes" Service); default
+	// 127.0.0.1. Nodes in network namespaces need one they can reach.
+	BindAddress string
+	// Dir, when set, holds the cluster's files (logs, keys, kubeconfigs)
+	// instead of a temporary directory, and Stop leaves it in place.
+	Dir string
+	// Users are further token users, e.g. system:node:<name> in the group
+	// system:nodes for a kubelet; KubeconfigFor writes their kubeconfigs.
+	Users []User
+	// ControllerManager and Scheduler, when set, are the
+	// kube-controller-manager and kube-scheduler binaries to run against
+	// the apiserver. With a controller manager the ServiceAccount admission
+	// plugin stays on (it creates the default ServiceAccounts) and the
+	// kube-root-ca.crt ConfigMaps are published.
+	ControllerManager, Scheduler string
+}
+
+// User is a token user of the apiserver.
+type User struct {
+	// Name is the user name, e.g. system:kube-proxy.
+	Name string
+	// Groups are the user's groups.
+	Groups []string
 }
 
 // Cluster is a running etcd and kube-apiserver pair.
 type Cluster struct {
 	opts       Options
 	dir        string
+	keepDir    bool
 	etcdDir    string
 	binary     string
 	etcdURL    string
+	host       string
 	port       int
 	adminToken string
+	tokens     map[string]string // by user name, for Options.Users
 	caData     []byte
 	kubeconfig string
 
 	etcd      *process
 	apiserver *process
+	// controllers are kube-controller-manager and kube-scheduler.
+	controllers []*process
 
 	restConfig *rest.Config
 	client     kubernetes.Interface
@@ -73,11 +104,15 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find etcd (apt-get install etcd-server): %w", err)
 	}
-	dir, err := os.MkdirTemp("", "tollgate-cluster-")
-	if err != nil {
+	dir, keep := opts.Dir, opts.Dir != ""
+	if keep {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create cluster directory: %w", err)
+		}
+	} else if dir, err = os.MkdirTemp("", "tollgate-cluster-"); err != nil {
 		return nil, fmt.Errorf("create cluster directory: %w", err)
 	}
-	c := &Cluster{opts: opts, dir: dir, binary: binary}
+	c := &Cluster{opts: opts, dir: dir, keepDir: keep, binary: binary, host: cmp.Or(opts.BindAddress, "127.0.0.1")}
 	ok := false
 	defer func() {
 		if !ok {
@@ -95,6 +130,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	if err := c.StartAPIServer(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.startControllers(); err != nil {
 		return nil, err
 	}
 	slog.Info("control plane ready", "server", c.restConfig.Host, "dir", c.dir, "took", time.Since(start).Round(time.Millisecond))
@@ -119,7 +157,7 @@ func (c *Cluster) startEtcd(ctx context.Context, binary string) error {
 		return fmt.Errorf("create etcd data directory: %w", err)
 	}
 	c.etcdDir = etcdDir
-	ports, err := freePorts(2)
+	ports, err := freePorts("127.0.0.1", 2)
 	if err != nil {
 		return err
 	}
@@ -151,7 +189,7 @@ func (c *Cluster) startEtcd(ctx context.Context, binary string) error {
 
 // prepareAPIServer writes the files the apiserver needs and picks its port.
 func (c *Cluster) prepareAPIServer() error {
-	ports, err := freePorts(1)
+	ports, err := freePorts(c.host, 1)
 	if err != nil {
 		return err
 	}
@@ -160,6 +198,15 @@ func (c *Cluster) prepareAPIServer() error {
 		return err
 	}
 	tokens := fmt.Sprintf("%s,admin,admin-uid,\"system:masters\"\n", c.adminToken)
+	c.tokens = map[string]string{}
+	for i, u := range controllerUsers(c.opts) {
+		token, err := randomToken()
+		if err != nil {
+			return err
+		}
+		c.tokens[u.Name] = token
+		tokens += fmt.Sprintf("%s,%s,user-%d,\"%s\"\n", token, u.Name, i, strings.Join(u.Groups, ","))
+	}
 	if err := os.WriteFile(filepath.Join(c.dir, "tokens.csv"), []byte(tokens), 0o600); err != nil {
 		return fmt.Errorf("write token file: %w", err)
 	}
@@ -183,8 +230,8 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 	}
 	args := []string{
 		"--etcd-servers=" + c.etcdURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + c.host,
+		"--advertise-address=" + c.host,
 		"--secure-port=" + strconv.Itoa(c.port),
 		"--cert-dir=" + filepath.Join(c.dir, "certs"),
 		"--authorization-mode=Node,RBAC",
@@ -193,9 +240,12 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 		"--service-account-signing-key-file=" + filepath.Join(c.dir, "sa.key"),
 		"--service-account-issuer=" + ServiceAccountIssuer,
 		"--service-cluster-ip-range=" + ServiceClusterIPRange,
-		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
 		"--v=1",
+	}
+	if c.opts.ControllerManager == "" {
+		// Nothing would create the default ServiceAccount of new namespaces.
+		args = append(args, "--disable-admission-plugins=ServiceAccount")
 	}
 	args = append(args, c.opts.ExtraAPIServerArgs...)
 	logName := fmt.Sprintf("kube-apiserver-%d.log", time.Now().UnixNano())
@@ -227,7 +277,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
 	}
 	defer httpClient.CloseIdleConnections()
-	url := fmt.Sprintf("https://127.0.0.1:%d/readyz", c.port)
+	url := fmt.Sprintf("https://%s/readyz", c.APIServerAddr())
 	err := poll(ctx, c.apiserver, "kube-apiserver", func() (bool, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -274,7 +324,7 @@ func (c *Cluster) writeAdminConfig() error {
 // configForToken returns a client configuration authenticating with token.
 func (c *Cluster) configForToken(token string) *rest.Config {
 	return &rest.Config{
-		Host:            fmt.Sprintf("https://127.0.0.1:%d", c.port),
+		Host:            "https://" + c.APIServerAddr(),
 		BearerToken:     token,
 		TLSClientConfig: rest.TLSClientConfig{CAData: c.caData},
 		QPS:             100,
@@ -282,16 +332,23 @@ func (c *Cluster) configForToken(token string) *rest.Config {
 	}
 }
 
-// Stop kills kube-apiserver and etcd and removes their directories. It is
-// safe to call more than once.
+// Stop kills the controllers, kube-apiserver and etcd and removes their
+// directories (Options.Dir stays). It is safe to call more than once.
 func (c *Cluster) Stop() {
+	for _, p := range c.controllers {
+		p.stop(5 * time.Second)
+	}
 	if c.apiserver != nil {
 		c.apiserver.stop(5 * time.Second)
 	}
 	if c.etcd != nil {
 		c.etcd.stop(5 * time.Second)
 	}
-	for _, dir := range []string{c.dir, c.etcdDir} {
+	dirs := []string{c.etcdDir}
+	if !c.keepDir {
+		dirs = append(dirs, c.dir)
+	}
+	for _, dir := range dirs {
 		if dir != "" {
 			if err := os.RemoveAll(dir); err != nil {
 				slog.Warn("remove cluster directory", "dir", dir, "err", err)
@@ -339,8 +396,8 @@ func poll(ctx context.Context, p *process, what string, check func() (bool, erro
 	}
 }
 
-// freePorts returns n distinct loopback TCP ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
+// freePorts returns n distinct TCP ports of host that were free a moment ago.
+func freePorts(host string, n int) ([]int, error) {
 	var ports []int
 	var listeners []net.Listener
 	defer func() {
@@ -349,7 +406,7 @@ func freePorts(n int) ([]int, error) {
 		}
 	}()
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}

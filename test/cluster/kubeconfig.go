@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -67,4 +70,18 @@ func (c *Cluster) WriteAdminKubeconfigVia(hostPort string) (string, error) {
 }
 
 // APIServerAddr returns the apiserver's host:port.
-func (c *Cluster) APIServerAddr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
+func (c *Cluster) APIServerAddr() string { return net.JoinHostPort(c.host, strconv.Itoa(c.port)) }
+
+// KubeconfigFor writes a kubeconfig for user, one of Options.Users, into the
+// cluster directory and returns its path.
+func (c *Cluster) KubeconfigFor(user string) (string, error) {
+	token, ok := c.tokens[user]
+	if !ok {
+		return "", fmt.Errorf("no token user %q in the cluster options", user)
+	}
+	path := filepath.Join(c.dir, strings.NewReplacer(":", "-", "/", "-").Replace(user)+".kubeconfig")
+	if err := writeKubeconfig(path, c.configForToken(token)); err != nil {
+		return "", err
+	}
+	return path, nil
+}

@@ -6,49 +6,12 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/tollgate/tollgate/test/netsim"
+	pm "github.com/tollgate/tollgate/test/policymodel"
 )
-
-// target is one (protocol, port, family) probed between every pod pair.
-type target struct {
-	proto netsim.Proto
-	port  uint16
-	v6    bool
-}
-
-func (t target) String() string {
-	fam := "v4"
-	if t.v6 {
-		fam = "v6"
-	}
-	return fmt.Sprintf("%s/%d/%s", t.proto, t.port, fam)
-}
-
-type cell struct {
-	from, to string
-	t        target
-}
-
-var (
-	tcp80   = target{netsim.TCP, 80, false}
-	tcp81   = target{netsim.TCP, 81, false}
-	udp80   = target{netsim.UDP, 80, false}
-	sctp80  = target{netsim.SCTP, 80, false}
-	tcp80v6 = target{netsim.TCP, 80, true}
-)
-
-// expectation says whether from may reach to on t. A pod reaching its own
-// IP is always allowed and is not asked.
-type expectation func(from, to string, t target) bool
-
-func ns(pod string) string   { return pod[:1] }
-func name(pod string) string { return pod[2:] }
-
-func allowAll(string, string, target) bool { return true }
 
 // step applies manifests (kubectl apply) or deletes them, then expects a
 // truth table.
@@ -73,15 +36,8 @@ func (e *env) runStep(t *testing.T, s step) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	switch {
-	case s.apply != "":
-		if out, err := e.cluster.KubectlWithInput(s.apply, "apply", "-f", "-"); err != nil {
-			t.Fatalf("kubectl apply: %v\n%s", err, out)
-		}
-	case s.remove != "":
-		if out, err := e.cluster.KubectlWithInput(s.remove, "delete", "--wait", "-f", "-"); err != nil {
-			t.Fatalf("kubectl delete: %v\n%s", err, out)
-		}
+	if err := pm.Change(e.cluster, s.apply, s.remove); err != nil {
+		t.Fatal(err)
 	}
 	applied := time.Now()
 	if s.apply != "" || s.remove != "" {
@@ -109,7 +65,7 @@ func (e *env) runStep(t *testing.T, s step) {
 		observed = e.probeAll(s.targets)
 		wrong = wrong[:0]
 		for c, ok := range observed {
-			want := c.from == c.to || s.expect(c.from, c.to, c.t)
+			want := pm.Want(c, s.expect)
 			if ok != want {
 				wrong = append(wrong, c)
 			}
@@ -130,41 +86,12 @@ func (e *env) runStep(t *testing.T, s step) {
 		}
 	}
 	for _, tg := range s.targets {
-		t.Errorf("truth table mismatch on %s (rows from, columns to; expected/observed, '.' allowed 'X' denied):\n%s", tg, table(observed, s.expect, tg))
+		t.Errorf("truth table mismatch on %s (rows from, columns to; expected/observed, '.' allowed 'X' denied):\n%s", tg, pm.Table(observed, s.expect, tg))
 	}
 	sort.Slice(wrong, func(i, j int) bool { return fmt.Sprint(wrong[i]) < fmt.Sprint(wrong[j]) })
 	for _, c := range wrong {
-		t.Errorf("%s -> %s %s: observed %v; decider says %s", c.from, c.to, c.t, observed[c], e.explain(c.from, c.to, c.t.proto, c.t.port, c.t.v6))
+		t.Errorf("%s -> %s %s: observed %v; decider says %s", c.From, c.To, c.T, observed[c], e.explain(c.From, c.To, c.T.Proto, c.T.Port, c.T.V6))
 	}
-}
-
-func table(observed map[cell]bool, expect expectation, t target) string {
-	mark := func(b bool) string {
-		if b {
-			return "."
-		}
-		return "X"
-	}
-	var b strings.Builder
-	b.WriteString("      ")
-	for _, to := range podKeys() {
-		fmt.Fprintf(&b, " %-5s", to)
-	}
-	b.WriteString("\n")
-	for _, from := range podKeys() {
-		fmt.Fprintf(&b, "%-6s", from)
-		for _, to := range podKeys() {
-			want := from == to || expect(from, to, t)
-			got := observed[cell{from, to, t}]
-			s := mark(want) + "/" + mark(got)
-			if want != got {
-				s += "!"
-			}
-			fmt.Fprintf(&b, " %-5s", s)
-		}
-		b.WriteString("\n")
-	}
-	return b.String()
 }
 
 type tcase struct {
@@ -175,41 +102,13 @@ type tcase struct {
 // run executes the steps of a case and removes whatever it applied.
 func (e *env) run(t *testing.T, c tcase) {
 	var applied []string
-	t.Cleanup(func() {
-		for i := len(applied) - 1; i >= 0; i-- {
-			_, _ = e.cluster.KubectlWithInput(applied[i], "delete", "--ignore-not-found", "-f", "-")
-		}
-	})
+	t.Cleanup(func() { _ = pm.Undo(e.cluster, applied) })
 	for _, s := range c.steps {
 		if s.apply != "" {
 			applied = append(applied, s.apply)
 		}
 		e.runStep(t, s)
 	}
-}
-
-func np(namespace, name, spec string) string {
-	return fmt.Sprintf("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: %s, namespace: %q}\nspec:\n%s\n---\n", name, namespace, indent(spec))
-}
-
-func anp(name, spec string) string {
-	return fmt.Sprintf("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: %s}\nspec:\n%s\n---\n", name, indent(spec))
-}
-
-func banp(spec string) string {
-	return fmt.Sprintf("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n%s\n---\n", indent(spec))
-}
-
-func cnp(name, spec string) string {
-	return fmt.Sprintf("apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: %s}\nspec:\n%s\n---\n", name, indent(spec))
-}
-
-func indent(s string) string {
-	lines := strings.Split(strings.Trim(s, "\n"), "\n")
-	for i, l := range lines {
-		lines[i] = "  " + l
-	}
-	return strings.Join(lines, "\n")
 }
 
 // ipOf is a pod's IPv4 address as a /32 CIDR, for ipBlock cases.
@@ -245,15 +144,15 @@ ingress: [{from: [{namespaceSelector: {}, podSelector: {matchExpressions: [{key:
 		{"pod selector Exists and DoesNotExist", []step{{apply: np("x", "exists", `podSelector: {matchExpressions: [{key: pod, operator: Exists}]}
 ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: Exists}]}, podSelector: {matchExpressions: [{key: missing, operator: DoesNotExist}]}}]}]`), targets: []target{tcp80}, expect: allowAll}}},
 		{"ingress on port 81 only", []step{{apply: np("x", "p81", `podSelector: {matchLabels: {pod: a}}
-ingress: [{ports: [{port: 81}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "x/a" || t.port == 81 }}}},
+ingress: [{ports: [{port: 81}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "x/a" || t.Port == 81 }}}},
 		{"named port", []step{{apply: np("x", "named", `podSelector: {matchLabels: {pod: a}}
-ingress: [{ports: [{port: serve-81-tcp}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "x/a" || t.port == 81 }}}},
+ingress: [{ports: [{port: serve-81-tcp}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "x/a" || t.Port == 81 }}}},
 		{"endPort range", []step{{apply: np("x", "range", `podSelector: {matchLabels: {pod: a}}
-ingress: [{ports: [{port: 75, endPort: 80, protocol: TCP}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "x/a" || t.port == 80 }}}},
+ingress: [{ports: [{port: 75, endPort: 80, protocol: TCP}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "x/a" || t.Port == 80 }}}},
 		{"UDP only", []step{{apply: np("x", "udp", `podSelector: {matchLabels: {pod: a}}
-ingress: [{ports: [{port: 80, protocol: UDP}]}]`), targets: []target{tcp80, udp80}, expect: func(f, to string, t target) bool { return to != "x/a" || t.proto == netsim.UDP }}}},
+ingress: [{ports: [{port: 80, protocol: UDP}]}]`), targets: []target{tcp80, udp80}, expect: func(f, to string, t target) bool { return to != "x/a" || t.Proto == netsim.UDP }}}},
 		{"SCTP only", []step{{apply: np("x", "sctp", `podSelector: {matchLabels: {pod: a}}
-ingress: [{ports: [{port: 80, protocol: SCTP}]}]`), targets: []target{tcp80, sctp80}, expect: func(f, to string, t target) bool { return to != "x/a" || t.proto == netsim.SCTP }}}},
+ingress: [{ports: [{port: 80, protocol: SCTP}]}]`), targets: []target{tcp80, sctp80}, expect: func(f, to string, t target) bool { return to != "x/a" || t.Proto == netsim.SCTP }}}},
 		{"multiple ports and protocols", []step{{apply: np("x", "multi", `podSelector: {matchLabels: {pod: a}}
 ingress: [{ports: [{port: 81, protocol: TCP}, {port: 80, protocol: UDP}]}]`), targets: []target{tcp80, tcp81, udp80}, expect: func(f, to string, t target) bool { return to != "x/a" || t != tcp80 }}}},
 		{"ipBlock of one pod", []step{{apply: np("x", "ipblock", fmt.Sprintf(`podSelector: {matchLabels: {pod: a}}
@@ -274,11 +173,11 @@ policyTypes: [Egress]
 egress: [{to: [{ipBlock: {cidr: %s}}]}]`, ipOf("z/a"))), targets: []target{tcp80}, expect: func(f, to string, _ target) bool { return f != "x/b" || to == "z/a" }}}},
 		{"egress named port resolves on the destination", []step{{apply: np("x", "egress-named", `podSelector: {matchLabels: {pod: a}}
 policyTypes: [Egress]
-egress: [{ports: [{port: serve-81-tcp}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return f != "x/a" || t.port == 81 }}}},
+egress: [{ports: [{port: serve-81-tcp}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return f != "x/a" || t.Port == 81 }}}},
 		{"egress deny all then allow port 80", []step{{apply: np("x", "deny", `podSelector: {}
 policyTypes: [Egress]`) + np("x", "allow-80", `podSelector: {}
 policyTypes: [Egress]
-egress: [{ports: [{port: 80}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return ns(f) != "x" || t.port == 80 }}}},
+egress: [{ports: [{port: 80}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return ns(f) != "x" || t.Port == 80 }}}},
 		{"egress denied though ingress allows", []step{{apply: np("x", "deny-egress", `podSelector: {}
 policyTypes: [Egress]`) + np("y", "allow-x", `podSelector: {}
 ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]`), targets: []target{tcp80}, expect: func(f, to string, _ target) bool {
@@ -318,7 +217,7 @@ ingress: [{action: Allow, from: [{pods: {namespaceSelector: {matchLabels: {ns: z
 subject: {pods: {namespaceSelector: {matchLabels: {ns: "y"}}, podSelector: {matchLabels: {pod: b}}}}
 ingress:
 - {name: allow-81, action: Allow, from: [{namespaces: {}}], ports: [{portNumber: {protocol: TCP, port: 81}}]}
-- {name: deny-rest, action: Deny, from: [{namespaces: {}}]}`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "y/b" || t.port == 81 }}}},
+- {name: deny-rest, action: Deny, from: [{namespaces: {}}]}`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return to != "y/b" || t.Port == 81 }}}},
 		{"Pass hands over to NetworkPolicy", []step{{apply: anp("pass-z", `priority: 3
 subject: {namespaces: {matchLabels: {ns: x}}}
 ingress:
@@ -338,13 +237,13 @@ ingress: [{action: Deny, from: [{namespaces: {}}]}]`) + np("x", "allow-a", `podS
 ingress: [{}]`), targets: []target{tcp80}, expect: func(f, to string, _ target) bool { return ns(to) != "x" || to == "x/a" }}}},
 		{"named port", []step{{apply: anp("named", `priority: 3
 subject: {namespaces: {matchLabels: {ns: x}}}
-ingress: [{action: Deny, from: [{namespaces: {}}], ports: [{namedPort: serve-81-tcp}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return ns(to) != "x" || t.port == 80 }}}},
+ingress: [{action: Deny, from: [{namespaces: {}}], ports: [{namedPort: serve-81-tcp}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool { return ns(to) != "x" || t.Port == 80 }}}},
 		{"networks 0.0.0.0/0 catches pod traffic", []step{{apply: anp("world", `priority: 3
 subject: {namespaces: {matchLabels: {ns: x}}}
 egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]`), targets: []target{tcp80}, expect: func(f, to string, _ target) bool { return ns(f) != "x" }}}},
 		{"networks ::/0 over IPv6", []step{{apply: anp("world6", `priority: 3
 subject: {namespaces: {matchLabels: {ns: z}}}
-egress: [{action: Deny, to: [{networks: ["::/0"]}]}]`), targets: []target{tcp80v6, tcp80}, expect: func(f, to string, t target) bool { return ns(f) != "z" || !t.v6 }}}},
+egress: [{action: Deny, to: [{networks: ["::/0"]}]}]`), targets: []target{tcp80v6, tcp80}, expect: func(f, to string, t target) bool { return ns(f) != "z" || !t.V6 }}}},
 		{"priority patched between probes", []step{
 			{apply: anp("a", `priority: 10
 subject: {namespaces: {matchLabels: {ns: x}}}
@@ -367,7 +266,7 @@ func TestClusterNetworkPolicy(t *testing.T) {
 priority: 10
 subject: {namespaces: {matchLabels: {ns: x}}}
 ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}], protocols: [{tcp: {destinationPort: {number: 80}}}]}]`), targets: []target{tcp80, tcp81}, expect: func(f, to string, t target) bool {
-			return !(ns(to) == "x" && ns(f) == "z" && t.port == 80)
+			return !(ns(to) == "x" && ns(f) == "z" && t.Port == 80)
 		}}}},
 		{"admin Accept beats a NetworkPolicy deny", []step{{apply: np("x", "deny", `podSelector: {}`) + cnp("accept-y", `tier: Admin
 priority: 1
@@ -380,7 +279,7 @@ ingress: [{action: Pass, from: [{namespaces: {}}]}]`) + cnp("baseline", `tier: B
 priority: 1
 subject: {namespaces: {matchLabels: {ns: "y"}}}
 ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}], protocols: [{destinationNamedPort: serve-80-udp}]}]`), targets: []target{udp80, tcp80}, expect: func(f, to string, t target) bool {
-			return !(ns(to) == "y" && ns(f) == "z" && t.proto == netsim.UDP)
+			return !(ns(to) == "y" && ns(f) == "z" && t.Proto == netsim.UDP)
 		}}}},
 		{"egress networks", []step{{apply: cnp("egress-nets", `tier: Admin
 priority: 2

@@ -31,24 +31,22 @@ import (
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/test/cluster"
 	"github.com/tollgate/tollgate/test/netsim"
+	pm "github.com/tollgate/tollgate/test/policymodel"
 )
 
-// The pod model: pod "x/a" is in namespace x, labelled pod=a; a and b run on
-// node-1, c on node-2.
+// The pod model (test/policymodel): a and b run on node-1, c on node-2.
+type (
+	target      = pm.Target
+	cell        = pm.Cell
+	expectation = pm.Expectation
+)
+
 var (
-	namespaces = []string{"x", "y", "z"}
-	podNames   = []string{"a", "b", "c"}
+	namespaces, podNames, podKeys        = pm.Namespaces, pm.PodNames, pm.PodKeys
+	ns, name, allowAll                   = pm.NS, pm.Name, pm.AllowAll
+	np, anp, banp, cnp                   = pm.NP, pm.ANP, pm.BANP, pm.CNP
+	tcp80, tcp81, udp80, sctp80, tcp80v6 = pm.TCP80, pm.TCP81, pm.UDP80, pm.SCTP80, pm.TCP80v6
 )
-
-func podKeys() []string {
-	var out []string
-	for _, ns := range namespaces {
-		for _, p := range podNames {
-			out = append(out, ns+"/"+p)
-		}
-	}
-	return out
-}
 
 // env is the running system shared by all cases.
 type env struct {
@@ -387,7 +385,7 @@ func (e *env) probeAll(targets []target) map[cell]bool {
 	for _, t := range targets {
 		for _, from := range podKeys() {
 			for _, to := range podKeys() {
-				jobs = append(jobs, job{cell{from, to, t}})
+				jobs = append(jobs, job{cell{From: from, To: to, T: t}})
 			}
 		}
 	}
@@ -398,7 +396,7 @@ func (e *env) probeAll(targets []target) map[cell]bool {
 	for range 48 {
 		wg.Go(func() {
 			for j := range ch {
-				ok, _ := netsim.Probe(e.pods[j.c.from], e.addr(j.c.to, j.c.t.v6), j.c.t.port, j.c.t.proto, 800*time.Millisecond)
+				ok, _ := netsim.Probe(e.pods[j.c.From], e.addr(j.c.To, j.c.T.V6), j.c.T.Port, j.c.T.Proto, 800*time.Millisecond)
 				mu.Lock()
 				out[j.c] = ok
 				mu.Unlock()

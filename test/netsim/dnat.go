@@ -43,7 +43,7 @@ func (t *Topology) AddDNAT(node *Node, proto Proto, vip netip.Addr, port uint16,
 	// Nodes have no default route, so the node's own connections to the VIP
 	// would fail before reaching the output hook; a route via lo gives them a
 	// first route, and the dnat rule reroutes them.
-	if err := ipBatch(node.NS, fmt.Sprintf("route replace %s dev lo", vip)); err != nil {
+	if err := IPBatch(node.NS, fmt.Sprintf("route replace %s dev lo", vip)); err != nil {
 		return fmt.Errorf("route vip %s on node %s: %w", vip, node.Name, err)
 	}
 	return nil

@@ -25,8 +25,12 @@ const netnsDir = "/run/netns"
 // RunInNS runs fn on an OS thread switched into the named network namespace.
 // Sockets fn opens stay in that namespace after it returns. fn runs on its
 // own goroutine; goroutines fn starts do not inherit the namespace. If the
-// thread cannot be switched back it is discarded, never reused.
+// thread cannot be switched back it is discarded, never reused. The empty
+// name is the process's own namespace: fn just runs.
 func RunInNS(ns string, fn func() error) error {
+	if ns == "" {
+		return fn()
+	}
 	target, err := os.Open(filepath.Join(netnsDir, ns))
 	if err != nil {
 		return fmt.Errorf("open network namespace %s: %w", ns, err)
@@ -89,24 +93,29 @@ func run(ctx context.Context, input, name string, args ...string) (string, error
 	return out.String(), nil
 }
 
-// ipBatch runs `ip` commands (one per line, without the leading "ip") in the
-// named network namespace in a single process.
-func ipBatch(ns string, cmds ...string) error {
+// IPBatch runs `ip` commands (one per line, without the leading "ip") in the
+// named network namespace (the process's own for "") in a single process.
+func IPBatch(ns string, cmds ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	_, err := run(ctx, strings.Join(cmds, "\n")+"\n", "ip", "-n", ns, "-batch", "-")
+	args := []string{"-batch", "-"}
+	if ns != "" {
+		args = append([]string{"-n", ns}, args...)
+	}
+	_, err := run(ctx, strings.Join(cmds, "\n")+"\n", "ip", args...)
 	return err
 }
 
-// addNetns creates a named network namespace with its loopback up and IPv6
-// duplicate address detection off, so addresses are usable at once.
-func addNetns(ns string) error {
+// AddNetns creates a named network namespace with IPv6 duplicate address
+// detection off, so addresses are usable at once, and reverse-path
+// filtering off. Its loopback is down until the caller brings it up.
+func AddNetns(ns string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	if _, err := run(ctx, "", "ip", "netns", "add", ns); err != nil {
 		return err
 	}
-	return setSysctls(ns, map[string]string{
+	return SetSysctls(ns, map[string]string{
 		"net/ipv6/conf/all/accept_dad":     "0",
 		"net/ipv6/conf/default/accept_dad": "0",
 		"net/ipv4/conf/all/rp_filter":      "0",
@@ -114,8 +123,8 @@ func addNetns(ns string) error {
 	})
 }
 
-// deleteNetns kills the processes left in a namespace and deletes it.
-func deleteNetns(ns string) error {
+// DeleteNetns kills the processes left in a namespace and deletes it.
+func DeleteNetns(ns string) error {
 	if _, err := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -133,8 +142,8 @@ func deleteNetns(ns string) error {
 	return err
 }
 
-// setSysctls writes /proc/sys keys (paths relative to /proc/sys) inside ns.
-func setSysctls(ns string, values map[string]string) error {
+// SetSysctls writes /proc/sys keys (paths relative to /proc/sys) inside ns.
+func SetSysctls(ns string, values map[string]string) error {
 	return RunInNS(ns, func() error {
 		for key, value := range values {
 			if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644); err != nil {

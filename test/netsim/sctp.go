@@ -25,6 +25,13 @@ var kernelHasSCTP = sync.OnceValue(func() bool {
 	return true
 })
 
+// Raw SCTP sockets by protocol number (132): Go resolves protocol names
+// through /etc/protocols, which a FROM-scratch pod image does not have.
+const (
+	rawSCTP4 = "ip4:132"
+	rawSCTP6 = "ip6:132"
+)
+
 // sctpResponder answers SCTP INITs in one namespace on raw sockets: INIT-ACK for
 // served ports, ABORT for the others (as a real stack does), so probes see a
 // handshake start and netfilter sees genuine SCTP packets.
@@ -59,7 +66,7 @@ func (t *Topology) ServeSCTP(host Host, port uint16) error {
 	}
 	var conns []net.PacketConn
 	err := RunInNS(host.Netns(), func() error {
-		for _, network := range []string{"ip4:sctp", "ip6:sctp"} {
+		for _, network := range []string{rawSCTP4, rawSCTP6} {
 			conn, err := net.ListenPacket(network, "")
 			if err != nil {
 				return fmt.Errorf("open raw %s socket: %w", network, err)
@@ -150,9 +157,9 @@ func (f fdCloser) Close() error { return unix.Close(int(f)) }
 // an ABORT (refused) answers, or the deadline passes. It then aborts the
 // half-open association so conntrack forgets it.
 func probeSCTP(ns string, to netip.Addr, port uint16, deadline time.Time) (Result, error) {
-	network := "ip4:sctp"
+	network := rawSCTP4
 	if to.Is6() {
-		network = "ip6:sctp"
+		network = rawSCTP6
 	}
 	var conn net.PacketConn
 	err := RunInNS(ns, func() error {

@@ -79,6 +79,20 @@ type Host interface {
 	HostName() string
 }
 
+// Local returns a Host for the calling process's own network namespace,
+// answering servers with name: a program that runs inside a pod (a real one,
+// started by a kubelet) serves and probes with it.
+func Local(name string) Host { return localHost(name) }
+
+// localHost is the process's own namespace.
+type localHost string
+
+// Netns is empty: the process's own namespace.
+func (localHost) Netns() string { return "" }
+
+// HostName is the name servers answer with.
+func (h localHost) HostName() string { return string(h) }
+
 // Netns is the name of the pod's network namespace.
 func (p *Pod) Netns() string { return p.NS }
 
@@ -162,7 +176,7 @@ func (t *Topology) newNetns(ns string) error {
 	}
 	t.namespaces = append(t.namespaces, ns)
 	t.mu.Unlock()
-	return addNetns(ns)
+	return AddNetns(ns)
 }
 
 // addCloser records something Close must close.
@@ -205,7 +219,7 @@ func (t *Topology) AddNode(name string, podCIDRv4, podCIDRv6 netip.Prefix) (*Nod
 	if err := t.newNetns(n.NS); err != nil {
 		return nil, fmt.Errorf("add node %s: %w", name, err)
 	}
-	err := setSysctls(n.NS, map[string]string{
+	err := SetSysctls(n.NS, map[string]string{
 		"net/ipv4/ip_forward":              "1",
 		"net/ipv6/conf/all/forwarding":     "1",
 		"net/ipv6/conf/default/forwarding": "1",
@@ -213,7 +227,7 @@ func (t *Topology) AddNode(name string, podCIDRv4, podCIDRv6 netip.Prefix) (*Nod
 	if err != nil {
 		return nil, fmt.Errorf("add node %s: %w", name, err)
 	}
-	err = ipBatch(n.NS,
+	err = IPBatch(n.NS,
 		"link set lo up",
 		fmt.Sprintf("addr add %s/32 dev lo", n.IPv4),
 		fmt.Sprintf("addr add %s/128 dev lo nodad", n.IPv6),
@@ -254,7 +268,7 @@ func (t *Topology) AddPod(node *Node, name string, ipv4, ipv6 netip.Addr) (*Pod,
 	if err := t.newNetns(p.NS); err != nil {
 		return nil, fmt.Errorf("add pod %s: %w", name, err)
 	}
-	err := ipBatch(node.NS,
+	err := IPBatch(node.NS,
 		fmt.Sprintf("link add %s type veth peer name eth0 netns %s", p.HostVeth, p.NS),
 		fmt.Sprintf("addr add %s/32 dev %s scope link", gatewayV4, p.HostVeth),
 		fmt.Sprintf("addr add %s/64 dev %s nodad", gatewayV6, p.HostVeth),
@@ -265,7 +279,7 @@ func (t *Topology) AddPod(node *Node, name string, ipv4, ipv6 netip.Addr) (*Pod,
 	if err != nil {
 		return nil, fmt.Errorf("add pod %s: node side: %w", name, err)
 	}
-	err = ipBatch(p.NS,
+	err = IPBatch(p.NS,
 		"link set lo up",
 		fmt.Sprintf("addr add %s/32 dev eth0", ipv4),
 		fmt.Sprintf("addr add %s/128 dev eth0 nodad", ipv6),
@@ -298,11 +312,11 @@ func (t *Topology) ConnectNodes(a, b *Node) error {
 	}
 	ifA, ifB := t.nextIface(a, "l"), t.nextIface(b, "l")
 	const llA, llB = "fe80::a", "fe80::b"
-	if err := ipBatch(a.NS, fmt.Sprintf("link add %s type veth peer name %s netns %s", ifA, ifB, b.NS)); err != nil {
+	if err := IPBatch(a.NS, fmt.Sprintf("link add %s type veth peer name %s netns %s", ifA, ifB, b.NS)); err != nil {
 		return fmt.Errorf("connect nodes %s and %s: %w", a.Name, b.Name, err)
 	}
 	side := func(self, peer *Node, iface, selfLL, peerLL string) error {
-		return ipBatch(self.NS,
+		return IPBatch(self.NS,
 			fmt.Sprintf("addr add %s/64 dev %s nodad", selfLL, iface),
 			fmt.Sprintf("link set %s up", iface),
 			fmt.Sprintf("route add %s/32 dev %s", peer.IPv4, iface),
@@ -335,7 +349,7 @@ func (t *Topology) Close() error {
 		}
 	}
 	for i := len(namespaces) - 1; i >= 0; i-- {
-		if err := deleteNetns(namespaces[i]); err != nil {
+		if err := DeleteNetns(namespaces[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
