@@ -93,3 +93,22 @@ func TestShorten(t *testing.T) {
 		t.Errorf("shorten kept %d lines: %q", len(got), got)
 	}
 }
+
+func TestShortCases(t *testing.T) {
+	cases := []Case{
+		{Name: "[sig-network] Netpol NetworkPolicy between server and client should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]", State: Passed},
+		{Name: "[sig-network] Netpol NetworkPolicy between server and client should support allow-all policy [Feature:NetworkPolicy]", State: Skipped},
+		{Name: "TestConformanceProfiles/CNPAdminTierIngressTCP", State: Failed},
+	}
+	kept, missing := shortCases(cases, []string{
+		"Netpol NetworkPolicy between server and client should support a 'default-deny-ingress' policy",
+		"CNPAdminTierIngressTCP",
+		"CNPBaselineTierEgressUDP",
+	})
+	if len(kept) != 2 || kept[0].State != Passed || kept[1].State != Failed {
+		t.Errorf("kept %+v, want the default-deny-ingress and CNPAdminTierIngressTCP cases", kept)
+	}
+	if len(missing) != 1 || missing[0] != "CNPBaselineTierEgressUDP" {
+		t.Errorf("missing %q, want [CNPBaselineTierEgressUDP]", missing)
+	}
+}

@@ -73,6 +73,10 @@ func (r *Run) runSuite(ctx context.Context, s *Suite) *SuiteResult {
 		res.Command = "KUBECONFIG=" + r.Kubeconfig + " " + res.Command
 		res.Report = r.reportPath(s)
 	}
+	if err := r.waitNamespacesGone(ctx, conformanceNamespaces, 5*time.Minute); err != nil {
+		res.Error = err.Error()
+		return res
+	}
 	uninstall, err := r.install(ctx, s)
 	defer func() {
 		if err := uninstall(); err != nil {
@@ -88,6 +92,13 @@ func (r *Run) runSuite(ctx context.Context, s *Suite) *SuiteResult {
 	runErr := r.exec(ctx, s, argv)
 	res.Wall = time.Since(start)
 	cases, setupFailure, err := s.parse(r)
+	if r.Short && err == nil {
+		var missing []string
+		cases, missing = shortCases(cases, s.Short)
+		if len(missing) > 0 {
+			res.Error = joinLines(res.Error, "short cases that did not run: "+strings.Join(missing, "; "))
+		}
+	}
 	res.Cases = cases
 	switch {
 	case err != nil:
@@ -103,6 +114,59 @@ func (r *Run) runSuite(ctx context.Context, s *Suite) *SuiteResult {
 	logf("%s: %d passed, %d failed, %d skipped, %d not run in %v (log: %s)",
 		s.Key, n.Passed, n.Failed, n.Skipped, n.NotRun, res.Wall.Round(time.Second), r.logPath(s))
 	return res
+}
+
+// shortCases keeps the cases a short run asked for (a case whose name
+// holds one of short): the suites report every other case as skipped by
+// the focus, which says nothing. It also returns the short cases that no
+// case matched.
+func shortCases(cases []Case, short []string) (kept []Case, missing []string) {
+	for _, want := range short {
+		found := false
+		for _, c := range cases {
+			if strings.Contains(c.Name, want) {
+				found = true
+				kept = append(kept, c)
+			}
+		}
+		if !found {
+			missing = append(missing, want)
+		}
+	}
+	return kept, missing
+}
+
+// conformanceNamespaces is the prefix of the namespaces both
+// network-policy-api suites create and delete when they end; one suite
+// cannot start while the last one's are still terminating.
+const conformanceNamespaces = "network-policy-conformance-"
+
+// waitNamespacesGone waits until no namespace's name starts with prefix.
+func (r *Run) waitNamespacesGone(ctx context.Context, prefix string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		out, err := r.cluster.Kubectl("get", "namespaces", "-o", "name")
+		if err != nil {
+			return fmt.Errorf("list namespaces: %v: %s", err, out)
+		}
+		var left []string
+		for _, line := range strings.Fields(out) {
+			if name := strings.TrimPrefix(line, "namespace/"); strings.HasPrefix(name, prefix) {
+				left = append(left, name)
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("namespaces of an earlier suite still there after %v: %s", limit, strings.Join(left, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // exec runs argv with its output in the suite's log, and shows the lines
