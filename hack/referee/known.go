@@ -29,6 +29,8 @@ type Explanation struct {
 	// Skip has the runner skip the cases instead of running them: they
 	// cannot pass here and take long to fail.
 	Skip bool
+	// NoSCTP explains cases that passed with their SCTP probes not made.
+	NoSCTP bool
 	// Holds reports whether the reason holds on this machine.
 	Holds func() bool
 	// Why is the explanation, in Markdown.
@@ -64,13 +66,16 @@ var Explanations = []Explanation{
 		evidence: sctpEvidence,
 	},
 	{
-		ID:      "sctp",
-		Suites:  []string{"cnp", "anp"},
-		Case:    regexp.MustCompile(`SCTP$`),
-		Failure: regexp.MustCompile(`protocol not supported`),
-		Holds:   noSCTP,
-		Why: "The network-policy-api SCTP tests run, without their servers (see how the " +
-			"suites are run here), and fail in the client, whose socket call fails.",
+		ID:     "sctp",
+		Suites: []string{"cnp", "anp"},
+		Case:   regexp.MustCompile(`.`),
+		NoSCTP: true,
+		Holds:  noSCTP,
+		Why: "In the network-policy-api suites the SCTP probes are not made (see how the " +
+			"suites are run here): each logs that it was not run, every TCP and UDP probe of " +
+			"the case runs as released, and the case counts as \"passed, SCTP probes not " +
+			"run\", not as passed. The tests named …SCTP probe over SCTP only, so they verify " +
+			"nothing here.",
 		evidence: sctpEvidence,
 	},
 }
@@ -88,6 +93,8 @@ func explain(key string, c Case) *Explanation {
 			return e
 		case c.State == Skipped && e.Skip:
 			return e
+		case c.State == NoSCTP && e.NoSCTP:
+			return e
 		}
 	}
 	return nil
@@ -100,6 +107,11 @@ func stale(key string, c Case) bool {
 		return false
 	}
 	for _, e := range Explanations {
+		// An explanation of skipped probes says nothing of a case that
+		// made all of its probes.
+		if e.NoSCTP {
+			continue
+		}
 		if slices.Contains(e.Suites, key) && e.Case.MatchString(c.Name) && e.Holds() {
 			return true
 		}

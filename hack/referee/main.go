@@ -6,6 +6,7 @@
 //
 //	referee run [flags]           run the suites (make conformance-upstream)
 //	referee strip-sctp IN OUT     used by hack/referee/build.sh
+//	referee skip-sctp-probes FILE used by hack/referee/build.sh
 //	referee kernel-sctp           yes or no: does this kernel open SCTP sockets
 //
 // The suites' binaries come from hack/referee/build.sh; the images they run
@@ -34,7 +35,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: referee run [flags] | strip-sctp IN OUT | kernel-sctp")
+		fmt.Fprintln(os.Stderr, "usage: referee run [flags] | strip-sctp IN OUT | skip-sctp-probes FILE | kernel-sctp")
 		os.Exit(2)
 	}
 	var err error
@@ -43,6 +44,8 @@ func main() {
 		err = runCommand(os.Args[2:])
 	case "strip-sctp":
 		err = stripSCTPCommand(os.Args[2:])
+	case "skip-sctp-probes":
+		err = skipSCTPProbesCommand(os.Args[2:])
 	case "kernel-sctp":
 		fmt.Println(map[bool]string{true: "yes", false: "no"}[kernelHasSCTP()])
 	default:
@@ -126,8 +129,8 @@ func runCommand(args []string) error {
 	v := judge(rep.Suites)
 	for _, s := range rep.Suites {
 		t := tallyOf(s)
-		logf("%-6s %3d cases: %d passed, %d failed (%d explained), %d skipped (%d explained), %d not run, %v",
-			s.Suite.Key, len(s.Cases), t.Passed, t.Failed, t.ExplainedFailed, t.Skipped, t.ExplainedSkipped, t.NotRun, s.Wall.Round(time.Second))
+		logf("%-6s %3d cases: %d passed, %d passed without SCTP probes (%d explained), %d failed (%d explained), %d skipped (%d explained), %d not run, %v",
+			s.Suite.Key, len(s.Cases), t.Passed, t.NoSCTP, t.ExplainedNoSCTP, t.Failed, t.ExplainedFailed, t.Skipped, t.ExplainedSkipped, t.NotRun, s.Wall.Round(time.Second))
 	}
 	if !v.OK() {
 		for _, u := range v.Unexplained {

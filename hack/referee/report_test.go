@@ -26,16 +26,16 @@ func TestExplain(t *testing.T) {
 		explained bool
 		stale     bool
 	}{
-		{"an SCTP case failing for want of SCTP", "cnp",
-			Case{Name: "CNPAdminTierEgressSCTP", State: Failed, Failure: "stderr: OTHER: protocol not supported"}, true, false},
-		{"an SCTP case failing for another reason", "cnp",
-			Case{Name: "CNPAdminTierEgressSCTP", State: Failed, Failure: "Expected connection to be dropped ... but instead it successfully connected"}, false, false},
-		{"an SCTP case that passed", "anp",
-			Case{Name: "AdminNetworkPolicyIngressSCTP", State: Passed}, false, true},
+		{"a case that passed with its SCTP probes not made", "cnp",
+			Case{Name: "CNPAdminTierGress", State: NoSCTP, Failure: "12 SCTP probes not run"}, true, false},
+		{"an SCTP case failing: probes are not made, so something else failed", "cnp",
+			Case{Name: "CNPAdminTierEgressSCTP", State: Failed, Failure: "stderr: OTHER: protocol not supported"}, false, false},
+		{"an SCTP case that passed with every probe made", "anp",
+			Case{Name: "AdminNetworkPolicyIngressSCTP", State: Passed}, false, false},
 		{"a TCP case failing", "cnp",
 			Case{Name: "CNPAdminTierEgressTCP", State: Failed, Failure: "protocol not supported"}, false, false},
 		{"the explanation belongs to another suite", "netpol",
-			Case{Name: "CNPAdminTierEgressSCTP", State: Failed, Failure: "protocol not supported"}, false, false},
+			Case{Name: "CNPAdminTierEgressSCTP", State: NoSCTP}, false, false},
 		{"a skipped Netpol SCTP case", "netpol",
 			Case{Name: sctpNetpol, State: Skipped}, true, false},
 		{"a failed Netpol SCTP case: it should have been skipped", "netpol",
@@ -59,7 +59,7 @@ func TestExplain(t *testing.T) {
 
 func TestExplanationsNeedTheirReason(t *testing.T) {
 	withSCTP(t, true)
-	if e := explain("cnp", Case{Name: "CNPAdminTierEgressSCTP", State: Failed, Failure: "protocol not supported"}); e != nil {
+	if e := explain("cnp", Case{Name: "CNPAdminTierEgressSCTP", State: NoSCTP}); e != nil {
 		t.Errorf("explained %s on a kernel with SCTP", e.ID)
 	}
 	if stale("anp", Case{Name: "AdminNetworkPolicyIngressSCTP", State: Passed}) {
@@ -90,6 +90,7 @@ func TestJudgeAndMarkdown(t *testing.T) {
 		{Suite: cnpSuite, Command: "npapi-v0.2.0.test", Report: "docs/conformance/network-policy-api-cnp.yaml", Cases: []Case{
 			{Name: "CNPAdminTierEgressTCP", State: Failed, Failure: "Expected connection to be dropped"},
 			{Name: "CNPAdminTierEgressNodePeers", State: Skipped, Failure: "Skipping"},
+			{Name: "CNPAdminTierGress", State: NoSCTP, Failure: "12 SCTP probes not run"},
 		}},
 		{Suite: anpSuite, Error: "install: rollout timed out"},
 	}
@@ -107,8 +108,9 @@ func TestJudgeAndMarkdown(t *testing.T) {
 	md := rep.Markdown()
 	for _, s := range []string{
 		"| [sig-network] Netpol | k8s.io/kubernetes v1.35.3",
-		"| 2 | 1 | 0 (0) | 1 (1) | 0 | 1h30m0s |",
-		"| 2 | 0 | 1 (0) | 1 (0) | 0 | 0s |",
+		"| 2 | 1 | 0 (0) | 0 (0) | 1 (1) | 0 | 1h30m0s |",
+		"| 3 | 0 | 1 (1) | 1 (0) | 1 (0) | 0 | 0s |",
+		"| CNPAdminTierGress | passed, SCTP probes not run, explained (sctp) |",
 		"**Not explained:**",
 		"- cnp: CNPAdminTierEgressTCP",
 		"### sctp",

@@ -15,9 +15,13 @@ import (
 type State string
 
 // The outcomes a case can have. A case that the suite never reached (its
-// setup failed, say) is NotRun; it counts as a failure.
+// setup failed, say) is NotRun; it counts as a failure. NoSCTP is a case
+// that passed with some of its probes, SCTP ones, not made (the suite is
+// patched so on a kernel without SCTP, see skipSCTPProbes): it does not
+// count as passed.
 const (
 	Passed  State = "passed"
+	NoSCTP  State = "passed, SCTP probes not run"
 	Failed  State = "failed"
 	Skipped State = "skipped"
 	NotRun  State = "not run"
@@ -153,6 +157,10 @@ func parseTest2JSON(r io.Reader, top string) (cases []Case, topFailure string, e
 		if c.State == Failed || c.State == Skipped {
 			c.Failure = shorten(interesting(output[name]))
 		}
+		if n := sctpProbesNotRun(output[name]); n > 0 && c.State == Passed {
+			c.State = NoSCTP
+			c.Failure = fmt.Sprintf("%d SCTP probes not run", n)
+		}
 		cases = append(cases, *c)
 	}
 	if topFailed {
@@ -169,6 +177,15 @@ func appendOutput(output map[string]*strings.Builder, name, text string) {
 		output[name] = b
 	}
 	b.WriteString(text)
+}
+
+// sctpProbesNotRun counts the SCTP probes a case's output says the
+// patched suite did not make.
+func sctpProbesNotRun(b *strings.Builder) int {
+	if b == nil {
+		return 0
+	}
+	return strings.Count(b.String(), sctpProbeMarker)
 }
 
 // interesting keeps the lines of a Go test's output that say why it failed
@@ -218,7 +235,7 @@ func sortCases(cases []Case) {
 }
 
 // Counts tallies cases by state.
-type Counts struct{ Passed, Failed, Skipped, NotRun int }
+type Counts struct{ Passed, NoSCTP, Failed, Skipped, NotRun int }
 
 // count tallies cases.
 func count(cases []Case) Counts {
@@ -227,6 +244,8 @@ func count(cases []Case) Counts {
 		switch c.State {
 		case Passed:
 			n.Passed++
+		case NoSCTP:
+			n.NoSCTP++
 		case Failed:
 			n.Failed++
 		case Skipped:
