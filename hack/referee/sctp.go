@@ -5,22 +5,15 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/tollgate/tollgate/test/netsim"
 )
 
 // kernelHasSCTP reports whether this kernel opens SCTP sockets. The
 // suites' SCTP servers and clients (agnhost) need them; without them
 // (CONFIG_IP_SCTP unset) no SCTP connection can be made, policy or not.
-var kernelHasSCTP = sync.OnceValue(func() bool {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
-	if err != nil {
-		return false
-	}
-	unix.Close(fd)
-	return true
-})
+// A variable, so that tests can pretend either way.
+var kernelHasSCTP = netsim.KernelHasSCTP
 
 // sctpServerMarker is what names an SCTP server in the network-policy-api
 // conformance manifests: `agnhost porter` serves SCTP on the port of each

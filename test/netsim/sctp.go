@@ -25,6 +25,9 @@ var kernelHasSCTP = sync.OnceValue(func() bool {
 	return true
 })
 
+// KernelHasSCTP reports whether the kernel offers SCTP sockets.
+func KernelHasSCTP() bool { return kernelHasSCTP() }
+
 // Raw SCTP sockets by protocol number (132): Go resolves protocol names
 // through /etc/protocols, which a FROM-scratch pod image does not have.
 const (
