@@ -111,8 +111,8 @@ func (r *Run) runSuite(ctx context.Context, s *Suite) *SuiteResult {
 		res.Error = "the suite failed with no failed case: " + exitText(runErr)
 	}
 	n := count(cases)
-	logf("%s: %d passed, %d failed, %d skipped, %d not run in %v (log: %s)",
-		s.Key, n.Passed, n.Failed, n.Skipped, n.NotRun, res.Wall.Round(time.Second), r.logPath(s))
+	logf("%s: %d passed, %d passed without SCTP probes, %d failed, %d skipped, %d not run in %v (log: %s)",
+		s.Key, n.Passed, n.NoSCTP, n.Failed, n.Skipped, n.NotRun, res.Wall.Round(time.Second), r.logPath(s))
 	return res
 }
 
