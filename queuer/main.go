@@ -274,9 +274,9 @@ func run(ctx context.Context, o options) error {
 	wg.Go(func() { decisions.Run(bg) })
 
 	// DNS answers for domainNames rules: their own queue, answered by
-	// HandleDNS, which never drops one.
+	// HandleDNS, which never drops one; each connection's packets in order.
 	wg.Go(func() {
-		err := nfq.Run(bg, nfq.Config{First: dp.DNSQueue(), Count: 1, Workers: 4,
+		err := nfq.Run(bg, nfq.Config{First: dp.DNSQueue(), Count: 1, Workers: 8, Shard: agent.DNSShard,
 			OnError: func(queue uint16, err error) { slog.Warn("nfqueue error", "queue", queue, "err", err) },
 		}, a.HandleDNS)
 		if err != nil {

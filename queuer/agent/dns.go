@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"hash/fnv"
+	"net/netip"
 	"time"
 
 	"github.com/tollgate/tollgate/queuer/client"
@@ -112,4 +114,26 @@ func (a *Agent) waitApplied(ctx context.Context, gen uint64) bool {
 			return false
 		}
 	}
+}
+
+// DNSShard is the nfq.Config.Shard of the DNS queue: the segments of one
+// TCP connection go to one worker, in order. Read concurrently, a message's
+// second segment could be reassembled before its first (and the message
+// lost), and a retransmission of a segment held while its answer is
+// learned could reach the pod before the original is let on.
+func DNSShard(p nfq.Packet) uint32 {
+	info, err := packet.Parse(p.Payload)
+	if err != nil {
+		return 0
+	}
+	h := fnv.New32a()
+	for _, a := range []netip.Addr{info.Src, info.Dst} {
+		b := a.As16()
+		h.Write(b[:])
+	}
+	var ports [4]byte
+	binary.BigEndian.PutUint16(ports[:2], info.SrcPort)
+	binary.BigEndian.PutUint16(ports[2:], info.DstPort)
+	h.Write(ports[:])
+	return h.Sum32()
 }

@@ -88,6 +88,12 @@ type Config struct {
 	// Workers is the number of handler goroutines per queue; 0 or 1 runs the
 	// handler on the reading goroutine.
 	Workers int
+	// Shard, when set with Workers > 1, gives each worker packets of its
+	// own: packets with the same Shard value go to the same worker and are
+	// handled one after another in the order the kernel queued them (the
+	// segments of one TCP connection, say). Without it any idle worker
+	// takes the next packet.
+	Shard func(Packet) uint32
 	// NetNS, when non-zero, is a network-namespace file descriptor to open
 	// the queues in (tests use it); zero means the current namespace.
 	NetNS int
@@ -209,7 +215,8 @@ type reader struct {
 	nf       *nfqueue.Nfqueue
 	h        Handler
 	counters *queueCounters
-	jobs     chan Packet
+	jobs     []chan Packet // one shared, or one per worker with shard
+	shard    func(Packet) uint32
 	workers  sync.WaitGroup
 	onError  func(uint16, error)
 	after    func(Packet, Verdict)
@@ -286,12 +293,19 @@ func openWith(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num
 		return 1
 	}
 	if cfg.Workers > 1 {
-		r.jobs = make(chan Packet, 4*cfg.Workers)
-		for range cfg.Workers {
+		channels, size := 1, 4*cfg.Workers
+		if cfg.Shard != nil {
+			channels, size, r.shard = cfg.Workers, 4, cfg.Shard
+		}
+		for range channels {
+			r.jobs = append(r.jobs, make(chan Packet, size))
+		}
+		for w := range cfg.Workers {
+			jobs := r.jobs[w%channels]
 			r.workers.Add(1)
 			go func() {
 				defer r.workers.Done()
-				for p := range r.jobs {
+				for p := range jobs {
 					r.answer(p)
 				}
 			}()
@@ -321,7 +335,11 @@ func (r *reader) hook(a nfqueue.Attribute) int {
 	}
 	r.counters.packets.Add(1)
 	if r.jobs != nil {
-		r.jobs <- p
+		i := 0
+		if r.shard != nil {
+			i = int(r.shard(p) % uint32(len(r.jobs)))
+		}
+		r.jobs[i] <- p
 		return 0
 	}
 	r.answer(p)
@@ -364,7 +382,9 @@ func (r *reader) close() {
 		if err := r.nf.Close(); err != nil {
 			slog.Debug("nfq: close", "queue", r.num, "err", err)
 		}
-		close(r.jobs)
+		for _, jobs := range r.jobs {
+			close(jobs)
+		}
 		r.workers.Wait()
 		return
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -253,5 +255,73 @@ func TestRunStartsEveryTime(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatalf("start %d: %v", i, err)
 		}
+	}
+}
+
+// TestShardKeepsOrder: with Shard, the packets of one flow are handled one
+// after another in the order they were queued, however long each takes.
+func TestShardKeepsOrder(t *testing.T) {
+	ns := newNetns(t)
+	const queue = 210
+	ns.exec(t, "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5003", "-j", "NFQUEUE", "--queue-num", fmt.Sprint(queue))
+	var mu sync.Mutex
+	var order []byte
+	handler := func(p Packet) Verdict {
+		info, err := packet.Parse(p.Payload)
+		if err != nil || len(p.Payload) <= info.Transport+8 {
+			t.Errorf("queued packet does not parse: %v", err)
+			return Verdict{Accept: true}
+		}
+		seq := p.Payload[info.Transport+8]
+		if seq%2 == 0 {
+			time.Sleep(5 * time.Millisecond) // the even ones are slow
+		}
+		mu.Lock()
+		order = append(order, seq)
+		mu.Unlock()
+		return Verdict{Accept: true}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	shard := func(Packet) uint32 { return 7 } // one flow
+	go func() {
+		done <- Run(ctx, Config{First: queue, Count: 1, Workers: 4, NetNS: ns.fd, Shard: shard}, handler)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	time.Sleep(200 * time.Millisecond) // the queue is bound
+	const n = 40
+	ns.do(t, func() {
+		c, err := net.Dial("udp", "127.0.0.1:5003")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		for i := range n {
+			if _, err := c.Write([]byte{byte(i)}); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		got := slices.Clone(order)
+		mu.Unlock()
+		if len(got) == n {
+			for i, seq := range got {
+				if int(seq) != i {
+					t.Fatalf("handled out of order: %v", got)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d packets handled", len(got), n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
