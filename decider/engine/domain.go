@@ -70,7 +70,12 @@ func (p domainPattern) matches(name string) bool {
 	if !p.wildcard {
 		return name == p.name
 	}
-	return len(name) > len(p.name)+1 && strings.HasSuffix(name, p.name) && name[len(name)-len(p.name)-1] == '.'
+	if len(name) <= len(p.name)+1 || !strings.HasSuffix(name, p.name) || name[len(name)-len(p.name)-1] != '.' {
+		return false
+	}
+	// One or more whole labels before the suffix: none of them empty.
+	prefix := name[:len(name)-len(p.name)-1]
+	return prefix[0] != '.' && prefix[len(prefix)-1] != '.' && !strings.Contains(prefix, "..")
 }
 
 // String returns the pattern as written in a policy.
