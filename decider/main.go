@@ -199,7 +199,7 @@ func run(args []string) error {
 		stats := v.Snapshot.Stats()
 		log.Info("snapshot published", "generation", v.Generation, "pods", stats.Pods, "policies",
 			stats.NetworkPolicies+stats.AdminNetworkPolicies+stats.BaselineAdminNetworkPolicies+stats.ClusterNetworkPolicies,
-			"selectedPods", stats.SelectedPods, "compile", v.CompileTime)
+			"selectedPods", stats.SelectedPods, "compile", v.CompileTime, "build", v.BuildTime)
 		for _, w := range v.Snapshot.Warnings() {
 			if !warned[w] {
 				warned[w] = true

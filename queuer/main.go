@@ -76,7 +76,7 @@ func parseFlags(args []string) (options, error) {
 	fs.UintVar(&o.queues, "queues", uint(runtime.NumCPU()), "number of NFQUEUE queues, fanned out across CPUs")
 	fs.UintVar(&o.firstQueue, "nfqueue-id", 100, "first NFQUEUE queue number")
 	fs.UintVar(&o.queueMaxLen, "queue-maxlen", 1024, "kernel queue length per queue (a full queue drops, in both fail modes)")
-	fs.IntVar(&o.queueWorkers, "queue-workers", 16, "handler goroutines per queue, so that decider misses overlap")
+	fs.IntVar(&o.queueWorkers, "queue-workers", 0, "0: answer packets asynchronously, from the goroutine that receives the decider's answer (no hand-offs); N: N handler goroutines per queue, each waiting for its answer (1: inline on the queue's reader)")
 	fs.StringVar(&o.queueMode, "queue-mode", "auto", "how packets reach NFQUEUE: auto, nft (native queue statement) or xt (iptables NFQUEUE target)")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9080", "address of /metrics, /healthz and /readyz (empty disables)")
 	fs.StringVar(&o.nodeName, "node-name", "", "node whose pods are queued (default $NODE_NAME, then the hostname)")
@@ -115,6 +115,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--dns-nfqueue-id %d exceeds queue 65535", o.dnsQueue)
 	case o.queueMaxLen < 1 || o.queueMaxLen > 1<<31:
 		return o, fmt.Errorf("--queue-maxlen %d out of range", o.queueMaxLen)
+	case o.queueWorkers < 0:
+		return o, fmt.Errorf("--queue-workers %d: want 0 (asynchronous) or more", o.queueWorkers)
 	case o.cacheSize < 1:
 		return o, fmt.Errorf("--cache-size %d: want at least 1", o.cacheSize)
 	case o.kernelCacheSize < 1:
@@ -284,7 +286,7 @@ func run(ctx context.Context, o options) error {
 		}
 	})
 
-	err = nfq.Run(ctx, nfq.Config{
+	qcfg := nfq.Config{
 		First:        uint16(o.firstQueue),
 		Count:        uint16(o.queues),
 		MaxLen:       uint32(o.queueMaxLen),
@@ -294,7 +296,14 @@ func run(ctx context.Context, o options) error {
 		OnError: func(queue uint16, err error) {
 			slog.Warn("nfqueue error", "queue", queue, "err", err)
 		},
-	}, a.Handle)
+	}
+	if o.queueWorkers == 0 {
+		// Packets awaiting the decider stay in the kernel queue, which
+		// --queue-maxlen bounds.
+		err = nfq.RunAsync(ctx, qcfg, a.HandleAsync)
+	} else {
+		err = nfq.Run(ctx, qcfg, a.Handle)
+	}
 	if err != nil {
 		return fmt.Errorf("nfqueue: %w", err)
 	}

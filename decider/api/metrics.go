@@ -51,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer, maxPolicies int) *Metrics {
 			Name: "tollgate_decider_generation", Help: "Generation of the published snapshot.",
 		}),
 		buildSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "tollgate_decider_snapshot_build_seconds", Help: "Time to gather objects and compile one snapshot.",
+			Name: "tollgate_decider_snapshot_build_seconds", Help: "Time to gather objects, compile one snapshot and work out which addresses it changed.",
 			Buckets: prometheus.ExponentialBuckets(1e-4, 4, 10),
 		}),
 		selectedPods: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -139,7 +139,7 @@ func (m *Metrics) Published(v *state.View) {
 	m.verdicts.use(v.Snapshot)
 	st := v.Snapshot.Stats()
 	m.generation.Set(float64(v.Generation))
-	m.buildSeconds.Observe(v.CompileTime.Seconds())
+	m.buildSeconds.Observe(v.BuildTime.Seconds())
 	m.selectedPods.Set(float64(st.SelectedPods))
 	for kind, n := range map[string]int{
 		"Pod": st.Pods, "Namespace": st.Namespaces, "Node": st.Nodes, "NetworkPolicy": st.NetworkPolicies,

@@ -25,6 +25,10 @@ type View struct {
 	Snapshot   *engine.Snapshot
 	// CompileTime is how long engine.Compile took for this snapshot.
 	CompileTime time.Duration
+	// BuildTime is all the work that made this View: gathering the
+	// source's objects (when Run did it), compiling, and working out what
+	// changed.
+	BuildTime time.Duration
 	// Changed lists, sorted, the addresses whose connections this snapshot
 	// may judge differently from the previous generation's (see
 	// engine.ChangedIPs). It is nil for the first generation, which changes
@@ -74,6 +78,11 @@ func (s *State) Changed() <-chan struct{} {
 // Publish compiles in, works out what changed since the previous View, and
 // makes it the current View.
 func (s *State) Publish(in engine.Input) *View {
+	return s.publishGathered(in, 0)
+}
+
+// publishGathered is Publish of an input that took gathered to gather.
+func (s *State) publishGathered(in engine.Input, gathered time.Duration) *View {
 	s.publish.Lock()
 	defer s.publish.Unlock()
 	start := time.Now()
@@ -85,7 +94,7 @@ func (s *State) Publish(in engine.Input) *View {
 		changed = engine.ChangedIPs(s.input, old.Snapshot, in, snap)
 	}
 	s.input = in
-	return s.store(&View{Snapshot: snap, CompileTime: took, Changed: changed, DNS: s.dns})
+	return s.store(&View{Snapshot: snap, CompileTime: took, BuildTime: gathered + time.Since(start), Changed: changed, DNS: s.dns})
 }
 
 // PublishDNS makes dns the DNS view of a new View of the current snapshot,
@@ -102,7 +111,7 @@ func (s *State) PublishDNS(dns engine.Resolved, changed []netip.Addr) *View {
 	}
 	changed = slices.Clone(changed)
 	slices.SortFunc(changed, netip.Addr.Compare)
-	return s.store(&View{Snapshot: old.Snapshot, CompileTime: old.CompileTime, Changed: changed, DNS: dns})
+	return s.store(&View{Snapshot: old.Snapshot, CompileTime: old.CompileTime, BuildTime: old.BuildTime, Changed: changed, DNS: dns})
 }
 
 // store numbers v with the next generation and makes it current. s.publish
@@ -192,7 +201,9 @@ func (s *State) Run(ctx context.Context, settle time.Duration, ready func() bool
 		if ready != nil && !ready() {
 			continue // the source triggers again when it syncs
 		}
-		v := s.Publish(input())
+		start := time.Now()
+		in := input()
+		v := s.publishGathered(in, time.Since(start))
 		if onPublish != nil {
 			onPublish(v)
 		}

@@ -42,10 +42,11 @@ func writeChanges(b *strings.Builder, cfg config, chs []change) {
 	fmt.Fprintf(b, "From the apiserver's answer to the start of the first probe connection (one every %s, "+
 		"each given %s to be answered) that gets the new verdict. Flaps: probes in the following second "+
 		"that still got the old one.\n\n", cfg.interval, cfg.timeout)
-	b.WriteString("\"Snapshot builds\" is, for Tollgate, the decider's own build time (gather objects and compile) between a change and its enforcement, p50 (p99).\n\n")
-	b.WriteString("| enforcer | changes | p50 ms | p99 ms | max ms | not enforced | flaps | snapshot builds ms | per kind: p50 (max) ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	b.WriteString("\"Snapshot builds\" is, for Tollgate, the decider's own build time (gather objects, compile, work out what changed) between a change and its enforcement, p50 (p99); " +
+		"\"queuer apply\" the queuer's time from the announcement's arrival to its caches and sets updated (one nft transaction), p50 (p99).\n\n")
+	b.WriteString("| enforcer | changes | p50 ms | p99 ms | max ms | not enforced | flaps | snapshot builds ms | queuer apply ms | per kind: p50 (max) ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, enf := range cfg.enforcers {
-		var all, builds []time.Duration
+		var all, builds, applies []time.Duration
 		kinds := map[string][]time.Duration{}
 		var order []string
 		missed, flaps := 0, 0
@@ -61,6 +62,7 @@ func writeChanges(b *strings.Builder, cfg config, chs []change) {
 			flaps += c.Flaps
 			if c.Compiles > 0 {
 				builds = append(builds, c.Compile)
+				applies = append(applies, c.Apply)
 			}
 			if c.Missed {
 				missed++
@@ -73,13 +75,14 @@ func writeChanges(b *strings.Builder, cfg config, chs []change) {
 		for _, k := range order {
 			per = append(per, fmt.Sprintf("%s %.0f (%.0f)", k, bench.Millis(bench.Percentile(kinds[k], 50)), bench.Millis(slices.Max(kinds[k]))))
 		}
-		build := "–"
+		build, apply := "–", "–"
 		if len(builds) > 0 {
 			build = fmt.Sprintf("%.0f (%.0f)", bench.Millis(bench.Percentile(builds, 50)), bench.Millis(bench.Percentile(builds, 99)))
+			apply = fmt.Sprintf("%.0f (%.0f)", bench.Millis(bench.Percentile(applies, 50)), bench.Millis(bench.Percentile(applies, 99)))
 		}
-		fmt.Fprintf(b, "| %s | %d | %.1f | %.1f | %.1f | %d | %d | %s | %s |\n", enf, len(all),
+		fmt.Fprintf(b, "| %s | %d | %.1f | %.1f | %.1f | %d | %d | %s | %s | %s |\n", enf, len(all),
 			bench.Millis(bench.Percentile(all, 50)), bench.Millis(bench.Percentile(all, 99)), bench.Millis(slices.Max(all)),
-			missed, flaps, build, strings.Join(per, "; "))
+			missed, flaps, build, apply, strings.Join(per, "; "))
 	}
 	b.WriteString("\n")
 }

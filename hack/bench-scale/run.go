@@ -81,6 +81,16 @@ type change struct {
 	// tollgate_decider_snapshot_build_seconds), and Compiles how many.
 	Compile  time.Duration `json:",omitempty"`
 	Compiles int           `json:",omitempty"`
+	// Apply is, for Tollgate, the time the queuer spent putting the new
+	// generations in force (tollgate_generation_apply_seconds, from the
+	// announcement's arrival to the caches and sets updated).
+	Apply time.Duration `json:",omitempty"`
+}
+
+// stageTimes are Tollgate's cumulative build and apply times, from its
+// metrics (zero for other enforcers).
+type stageTimes struct {
+	build, builds, apply float64
 }
 
 // memory is one process's memory with the cluster loaded.
@@ -410,26 +420,28 @@ func (e *env) slot(ctx context.Context, name string, round int, measureMemory bo
 	defer prober.Close()
 	var chs []change
 	allowed := true
-	builds := func() (float64, float64) { return 0, 0 }
+	stages := func() stageTimes { return stageTimes{} }
 	if t, ok := enf.(*bench.Tollgate); ok {
-		builds = func() (float64, float64) {
-			text, err := bench.Scrape("", t.DeciderMetrics)
-			if err != nil {
-				return 0, 0
+		stages = func() stageTimes {
+			var st stageTimes
+			if text, err := bench.Scrape("", t.DeciderMetrics); err == nil {
+				st.build, _ = bench.MetricValue(text, "tollgate_decider_snapshot_build_seconds_sum")
+				st.builds, _ = bench.MetricValue(text, "tollgate_decider_snapshot_build_seconds_count")
 			}
-			sum, _ := bench.MetricValue(text, "tollgate_decider_snapshot_build_seconds_sum")
-			n, _ := bench.MetricValue(text, "tollgate_decider_snapshot_build_seconds_count")
-			return sum, n
+			if text, err := bench.Scrape(e.node.NS, bench.QueuerMetricsAddr); err == nil {
+				st.apply, _ = bench.MetricValue(text, "tollgate_generation_apply_seconds_sum")
+			}
+			return st
 		}
 	}
 	for _, st := range e.cycle() {
-		ch, err := e.measureChange(ctx, prober, st, allowed, builds)
+		ch, err := e.measureChange(ctx, prober, st, allowed, stages)
 		if err != nil {
 			return nil, nil, "", err
 		}
 		ch.Enforcer, ch.Round = name, round
-		fmt.Printf("    %-18s → %-7s %8.1f ms (API %5.1f ms, flaps %d, compiles %d: %.1f ms)%s\n", ch.Kind, verdictWord(ch.Allowed),
-			bench.Millis(ch.Latency), bench.Millis(ch.API), ch.Flaps, ch.Compiles, bench.Millis(ch.Compile),
+		fmt.Printf("    %-18s → %-7s %8.1f ms (API %5.1f ms, flaps %d, compiles %d: %.1f ms, apply %.1f ms)%s\n", ch.Kind, verdictWord(ch.Allowed),
+			bench.Millis(ch.Latency), bench.Millis(ch.API), ch.Flaps, ch.Compiles, bench.Millis(ch.Compile), bench.Millis(ch.Apply),
 			map[bool]string{true: "  NOT ENFORCED", false: ""}[ch.Missed])
 		chs = append(chs, ch)
 		allowed = st.allowed
@@ -585,9 +597,8 @@ func verdictWord(allowed bool) string {
 
 // measureChange waits until the probe steadily shows before, applies the
 // change and finds the first probe connection governed by the new verdict.
-// builds reads the decider's snapshot build time and count so far (zeros
-// for other enforcers).
-func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep, before bool, builds func() (float64, float64)) (change, error) {
+// stages reads Tollgate's build and apply times so far.
+func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep, before bool, stages func() stageTimes) (change, error) {
 	ch := change{Kind: st.kind, Allowed: st.allowed}
 	steadyN := int(200 * time.Millisecond / e.cfg.interval)
 	steadyFrom := time.Now()
@@ -598,7 +609,7 @@ func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep,
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	sum0, n0 := builds()
+	st0 := stages()
 	t0 := time.Now()
 	if err := st.apply(ctx); err != nil {
 		return ch, fmt.Errorf("%s: %w", st.kind, err)
@@ -624,7 +635,8 @@ func (e *env) measureChange(ctx context.Context, p *bench.Prober, st changeStep,
 	_, flaps, _ := bench.Governed(p.Since(t0), t0, first.Start.Add(time.Second), st.allowed)
 	ch.Latency = first.Start.Sub(t1)
 	ch.Flaps = flaps
-	sum1, n1 := builds()
-	ch.Compile, ch.Compiles = time.Duration((sum1-sum0)*float64(time.Second)), int(n1-n0)
+	st1 := stages()
+	ch.Compile, ch.Compiles = time.Duration((st1.build-st0.build)*float64(time.Second)), int(st1.builds-st0.builds)
+	ch.Apply = time.Duration((st1.apply - st0.apply) * float64(time.Second))
 	return ch, nil
 }

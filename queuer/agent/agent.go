@@ -27,8 +27,12 @@ import (
 
 // Decider is the decider client; *client.Client implements it.
 type Decider interface {
-	// Decide asks for one verdict.
+	// Decide asks for one verdict and waits for it.
 	Decide(ctx context.Context, q client.Query) (client.Result, error)
+	// DecideFunc asks for one verdict and gives it to fn exactly once:
+	// when it arrives, or with an error (wrapping
+	// context.DeadlineExceeded when timeout passed first).
+	DecideFunc(q client.Query, timeout time.Duration, fn func(client.Result, error))
 	// Connected reports whether a decision stream is open.
 	Connected() bool
 	// Watch delivers the decider's announcements until ctx ends.
@@ -81,7 +85,8 @@ type Config struct {
 }
 
 // Agent is the queuer's runtime. Create it with New, start its loops with
-// Run, and give Handle and AfterVerdict to the NFQUEUE readers.
+// Run, and give HandleAsync (or Handle) and AfterVerdict to the NFQUEUE
+// readers.
 type Agent struct {
 	cfg     Config
 	cache   *cache.Cache

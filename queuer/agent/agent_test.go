@@ -52,6 +52,20 @@ func (f *fakeDecider) Decide(ctx context.Context, q client.Query) (client.Result
 	return client.Result{Allow: allow, Generation: gen}, nil
 }
 
+func (f *fakeDecider) DecideFunc(q client.Query, timeout time.Duration, fn func(client.Result, error)) {
+	decideFunc(f.Decide, q, timeout, fn)
+}
+
+// decideFunc gives DecideFunc's contract to a test decider's Decide: it
+// asks on a goroutine of its own with the timeout as deadline.
+func decideFunc(decide func(context.Context, client.Query) (client.Result, error), q client.Query, timeout time.Duration, fn func(client.Result, error)) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		fn(decide(ctx, q))
+	}()
+}
+
 func (f *fakeDecider) Connected() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()

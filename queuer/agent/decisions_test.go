@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	tollgatev1 "github.com/tollgate/tollgate/proto/tollgate/v1"
 	"github.com/tollgate/tollgate/queuer/client"
@@ -30,6 +31,10 @@ func (d *explainingDecider) Learn(context.Context, netip.Addr, []client.Resoluti
 func (d *explainingDecider) Watch(ctx context.Context, _ string, _ func(client.WatchUpdate)) error {
 	<-ctx.Done()
 	return ctx.Err()
+}
+
+func (d *explainingDecider) DecideFunc(q client.Query, timeout time.Duration, fn func(client.Result, error)) {
+	decideFunc(d.Decide, q, timeout, fn)
 }
 
 func (d *explainingDecider) Decide(_ context.Context, q client.Query) (client.Result, error) {

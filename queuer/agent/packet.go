@@ -23,13 +23,13 @@ const (
 	sourceBypass      = "bypass"      // ICMPv6 neighbour discovery
 )
 
-// Handle decides a queued packet; it is the nfq.Handler. It is safe for
-// concurrent use by all queue readers.
+// Handle decides a queued packet and waits for the verdict; it is an
+// nfq.Handler, safe for concurrent use. The queuer's own queues use
+// HandleAsync.
 func (a *Agent) Handle(p nfq.Packet) nfq.Verdict {
-	start := time.Now()
-	v, allow, source := a.decide(p)
-	a.metrics.observePacket(time.Since(start), allow, source)
-	return v
+	ch := make(chan nfq.Verdict, 1)
+	a.HandleAsync(p, func(v nfq.Verdict) { ch <- v })
+	return <-ch
 }
 
 var (
@@ -37,54 +37,82 @@ var (
 	drop   = nfq.Verdict{}
 )
 
-// decide returns the verdict for p, whether it lets the packet on, and
-// how it was reached.
-func (a *Agent) decide(p nfq.Packet) (v nfq.Verdict, allow bool, source string) {
+// HandleAsync decides a queued packet; it is the nfq.AsyncHandler. A packet
+// the userspace cache (or the packet alone) decides is answered before it
+// returns; a miss is answered from the decider client's goroutine when the
+// decider's answer arrives or the decide timeout passes.
+func (a *Agent) HandleAsync(p nfq.Packet, answer func(nfq.Verdict)) {
+	start := time.Now()
+	m, v, allow, source, asked := a.lookup(p)
+	if !asked {
+		a.metrics.observePacket(time.Since(start), allow, source)
+		answer(v)
+		return
+	}
+	begin := time.Now()
+	a.dec.DecideFunc(m.q, a.cfg.DecideTimeout, func(res client.Result, err error) {
+		v, allow, source := a.decided(p, m, begin, res, err)
+		a.metrics.observePacket(time.Since(start), allow, source)
+		answer(v)
+	})
+}
+
+// miss is what a packet that needs the decider carries to its answer.
+type miss struct {
+	q       client.Query
+	srcPort uint16
+	key     cache.Key
+	// gen is the generation in force before the lookup: AfterVerdict
+	// compares it with the one in force after the kernel learned the
+	// verdict.
+	gen uint64
+}
+
+// lookup decides p when it can without the decider. Otherwise asked is set
+// and m says what to ask.
+func (a *Agent) lookup(p nfq.Packet) (m miss, v nfq.Verdict, allow bool, source string, asked bool) {
 	info, err := packet.Parse(p.Payload)
 	if err != nil {
 		// Not a decider outage: a packet nobody can judge is dropped in
 		// both fail modes, or a crafted header chain would be a way past
 		// policy.
 		a.metrics.unjudgeable.WithLabelValues(unjudgeableReason(err)).Inc()
-		return drop, false, sourceUnjudgeable
+		return m, drop, false, sourceUnjudgeable, false
 	}
 	if info.Proto == packet.ProtoICMPv6 && info.ICMPType >= 133 && info.ICMPType <= 137 {
-		return accept, true, sourceBypass
+		return m, accept, true, sourceBypass, false
 	}
 	if info.Fragment {
 		// A later fragment without a transport header. conntrack
 		// reassembles before our hooks, so only untracked traffic gets
 		// here this way; it cannot be judged.
 		a.metrics.unjudgeable.WithLabelValues("fragment").Inc()
-		return drop, false, sourceUnjudgeable
+		return m, drop, false, sourceUnjudgeable, false
 	}
-	q := client.Query{Src: info.Src, Dst: info.Dst, Proto: info.Proto, DstPort: info.DstPort, Explain: a.cfg.Decisions.Explain()}
-	var res client.Result
-	defer func() {
-		a.cfg.Decisions.Log(decisionlog.Decision{Src: q.Src, Dst: q.Dst, SrcPort: info.SrcPort, DstPort: q.DstPort, Proto: q.Proto,
-			ViaService: q.ViaService, Allow: allow, Answered: source, Generation: res.Generation, Explanations: res.Explanations})
-	}()
+	m.q = client.Query{Src: info.Src, Dst: info.Dst, Proto: info.Proto, DstPort: info.DstPort, Explain: a.cfg.Decisions.Explain()}
+	m.srcPort = info.SrcPort
 	switch {
 	case p.CtKnown:
-		q.ViaService = p.DNAT
+		m.q.ViaService = p.DNAT
 	default:
 		// Without conntrack information: a pod's packet to its own address
 		// only leaves the pod when it was sent to a service and hairpinned
 		// back, so at our hooks source == destination means via a service.
-		q.ViaService = info.Src == info.Dst
+		m.q.ViaService = info.Src == info.Dst
 	}
-	// The generation in force before looking anything up: AfterVerdict
-	// compares it with the one in force after the kernel learned the verdict.
-	gen := a.gen.Load()
-	key := cache.Key{Src: q.Src, Dst: q.Dst, Proto: q.Proto, DstPort: q.DstPort, ViaService: q.ViaService}
-	if allow, ok := a.cache.Get(key); ok {
-		return a.verdict(p, q, allow, gen, true), allow, sourceCache
+	m.gen = a.gen.Load()
+	m.key = cache.Key{Src: m.q.Src, Dst: m.q.Dst, Proto: m.q.Proto, DstPort: m.q.DstPort, ViaService: m.q.ViaService}
+	if allow, ok := a.cache.Get(m.key); ok {
+		a.log(m, allow, sourceCache, client.Result{})
+		return m, a.verdict(p, m.q, allow, m.gen, true), allow, sourceCache, false
 	}
+	return m, nfq.Verdict{}, false, "", true
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DecideTimeout)
-	defer cancel()
-	begin := time.Now()
-	res, err = a.dec.Decide(ctx, q)
+// decided turns the decider's answer to m (or the error in its place) into
+// p's verdict.
+func (a *Agent) decided(p nfq.Packet, m miss, begin time.Time, res client.Result, err error) (v nfq.Verdict, allow bool, source string) {
+	defer func() { a.log(m, allow, source, res) }()
 	if err != nil {
 		a.metrics.deciderErrors.Inc()
 		if errors.Is(err, context.DeadlineExceeded) && a.dec.Connected() {
@@ -94,15 +122,20 @@ func (a *Agent) decide(p nfq.Packet) (v nfq.Verdict, allow bool, source string) 
 			a.metrics.busy.Inc()
 			return drop, false, sourceBusy
 		}
-		allow := a.failMode()
-		if allow {
+		if a.failMode() {
 			return accept, true, sourceFailMode
 		}
 		return drop, false, sourceFailMode
 	}
 	a.metrics.deciderRTT.Observe(time.Since(begin).Seconds())
-	a.cache.Put(key, res.Allow, res.Generation)
-	return a.verdict(p, q, res.Allow, gen, res.Generation >= gen), res.Allow, sourceDecider
+	a.cache.Put(m.key, res.Allow, res.Generation)
+	return a.verdict(p, m.q, res.Allow, m.gen, res.Generation >= m.gen), res.Allow, sourceDecider
+}
+
+// log records a decided connection in the decision log.
+func (a *Agent) log(m miss, allow bool, source string, res client.Result) {
+	a.cfg.Decisions.Log(decisionlog.Decision{Src: m.q.Src, Dst: m.q.Dst, SrcPort: m.srcPort, DstPort: m.q.DstPort, Proto: m.q.Proto,
+		ViaService: m.q.ViaService, Allow: allow, Answered: source, Generation: res.Generation, Explanations: res.Explanations})
 }
 
 // verdict answers p with allow, and, when learn holds and the kernel can

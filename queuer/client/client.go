@@ -128,9 +128,9 @@ type Client struct {
 
 	mu        sync.Mutex
 	connected bool
-	queue     []queued              // queries not yet sent on the current stream
-	spare     []queued              // the last batch's slice, reused; under sendMu
-	waiting   map[uint64]chan reply // queries sent or queued, by id
+	queue     []queued          // queries not yet sent on the current stream
+	spare     []queued          // the last batch's slice, reused; under sendMu
+	waiting   map[uint64]waiter // queries sent or queued, by id
 
 	// testHookBeforeBatch, when set, runs before a send takes the pending
 	// queries (tests use it to observe batching deterministically).
@@ -145,6 +145,27 @@ type queued struct {
 type reply struct {
 	res Result
 	err error
+}
+
+// waiter is who gets a query's reply: Decide's channel, or DecideFunc's
+// function and the timer that fails it when the answer is late.
+type waiter struct {
+	ch    chan reply
+	fn    func(Result, error)
+	timer *time.Timer
+}
+
+// give hands r to the waiter; the caller has removed it from c.waiting, so
+// it happens once.
+func (w waiter) give(r reply) {
+	if w.fn == nil {
+		w.ch <- r // capacity 1 and one reply per id: never blocks
+		return
+	}
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.fn(r.res, r.err)
 }
 
 // New creates a client for the decider listening on the Unix socket path.
@@ -180,7 +201,7 @@ func New(path string, opts Options) (*Client, error) {
 		api:     tollgatev1.NewDeciderServiceClient(conn),
 		opts:    opts,
 		notify:  make(chan struct{}, 1),
-		waiting: map[uint64]chan reply{},
+		waiting: map[uint64]waiter{},
 	}
 	c.pool.New = func() any { return make(chan reply, 1) }
 	return c, nil
@@ -210,20 +231,10 @@ func (c *Client) Decide(ctx context.Context, q Query) (Result, error) {
 		c.pool.Put(ch)
 		return Result{}, ErrUnavailable
 	}
-	c.waiting[id] = ch
+	c.waiting[id] = waiter{ch: ch}
 	c.queue = append(c.queue, queued{id: id, q: q})
 	c.mu.Unlock()
-	if c.sendMu.TryLock() {
-		// The stream is idle: send from here, with whatever else is
-		// pending, without a hand-off to the sender goroutine.
-		c.flushLocked()
-		c.sendMu.Unlock()
-	} else {
-		select {
-		case c.notify <- struct{}{}:
-		default: // the sender is already woken
-		}
-	}
+	c.flush()
 
 	select {
 	case r := <-ch:
@@ -244,14 +255,55 @@ func (c *Client) Decide(ctx context.Context, q Query) (Result, error) {
 	}
 }
 
+// DecideFunc asks the decider about q without waiting for the answer. fn
+// gets it, exactly once: on the goroutine that receives it, or with an
+// error when the stream breaks or timeout passes first (wrapping
+// context.DeadlineExceeded), or before DecideFunc returns when the query
+// cannot be sent (ErrUnavailable). fn must not block: it runs on the
+// goroutine that receives every answer.
+func (c *Client) DecideFunc(q Query, timeout time.Duration, fn func(Result, error)) {
+	if !q.Src.IsValid() || !q.Dst.IsValid() || q.Src.Is4() != q.Dst.Is4() {
+		fn(Result{}, fmt.Errorf("client: query addresses %v and %v are not of one family", q.Src, q.Dst))
+		return
+	}
+	id := c.nextID.Add(1)
+	c.mu.Lock()
+	if !c.connected {
+		c.mu.Unlock()
+		fn(Result{}, ErrUnavailable)
+		return
+	}
+	// The timer is armed under c.mu, so it finds the waiter in place.
+	timer := time.AfterFunc(timeout, func() { c.deliver(id, reply{err: fmt.Errorf("client: decide: %w", context.DeadlineExceeded)}) })
+	c.waiting[id] = waiter{fn: fn, timer: timer}
+	c.queue = append(c.queue, queued{id: id, q: q})
+	c.mu.Unlock()
+	c.flush()
+}
+
+// flush sends the pending queries from here when the stream is idle,
+// without a hand-off to the sender goroutine, and otherwise wakes the
+// sender (which takes them with whatever else is pending).
+func (c *Client) flush() {
+	if c.sendMu.TryLock() {
+		c.flushLocked()
+		c.sendMu.Unlock()
+		return
+	}
+	select {
+	case c.notify <- struct{}{}:
+	default: // the sender is already woken
+	}
+}
+
 // deliver hands r to the waiter of id, if it still waits.
 func (c *Client) deliver(id uint64, r reply) {
 	c.mu.Lock()
-	ch, ok := c.waiting[id]
+	w, ok := c.waiting[id]
 	delete(c.waiting, id)
 	c.mu.Unlock()
 	if ok {
-		ch <- r // capacity 1 and one reply per id: never blocks
+		w.give(r)
 	}
 }
 
@@ -328,11 +380,11 @@ func (c *Client) breakStream() {
 	c.mu.Lock()
 	c.connected, c.tr, c.kind, c.fail = false, nil, "", nil
 	waiting := c.waiting
-	c.waiting = map[uint64]chan reply{}
+	c.waiting = map[uint64]waiter{}
 	c.queue = nil
 	c.mu.Unlock()
-	for _, ch := range waiting {
-		ch <- reply{err: ErrStreamBroken}
+	for _, w := range waiting {
+		w.give(reply{err: ErrStreamBroken})
 	}
 }
 

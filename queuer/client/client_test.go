@@ -517,3 +517,101 @@ func TestFramedStream(t *testing.T) {
 		t.Errorf("gRPC queries %d, want 20", viaGRPC.queries.Load())
 	}
 }
+
+// funcResult is one call of a DecideFunc callback.
+type funcResult struct {
+	res Result
+	err error
+}
+
+// decideFunc calls c.DecideFunc and returns a channel that gets every call
+// of its callback (there must be exactly one).
+func decideFunc(c *Client, q Query, timeout time.Duration) chan funcResult {
+	ch := make(chan funcResult, 2)
+	c.DecideFunc(q, timeout, func(res Result, err error) { ch <- funcResult{res, err} })
+	return ch
+}
+
+// once waits for the callback's one call and checks that no second follows.
+func once(t *testing.T, ch chan funcResult, within time.Duration) funcResult {
+	t.Helper()
+	var r funcResult
+	select {
+	case r = <-ch:
+	case <-time.After(within):
+		t.Fatalf("DecideFunc's callback not called within %v", within)
+	}
+	select {
+	case extra := <-ch:
+		t.Fatalf("DecideFunc's callback called twice: %+v, then %+v", r, extra)
+	case <-time.After(100 * time.Millisecond):
+	}
+	return r
+}
+
+func TestDecideFunc(t *testing.T) {
+	t.Run("answers, routed by id", func(t *testing.T) {
+		path := sock(t)
+		serve(t, path, &fakeDecider{gen: 3})
+		c := start(t, path)
+		eventually(t, "connection", c.Connected)
+		var chans []chan funcResult
+		for port := range uint16(20) {
+			chans = append(chans, decideFunc(c, query(1000+port), 5*time.Second))
+		}
+		for i, ch := range chans {
+			r := once(t, ch, 5*time.Second)
+			if r.err != nil || r.res.Allow != (i%2 == 0) || r.res.Generation != 3 {
+				t.Errorf("query %d: %+v, %v", i, r.res, r.err)
+			}
+		}
+	})
+	t.Run("a late answer times out and the waiter goes", func(t *testing.T) {
+		path := sock(t)
+		serve(t, path, &fakeDecider{silent: true})
+		c := start(t, path)
+		eventually(t, "connection", c.Connected)
+		begin := time.Now()
+		r := once(t, decideFunc(c, query(80), 50*time.Millisecond), 5*time.Second)
+		if !errors.Is(r.err, context.DeadlineExceeded) {
+			t.Fatalf("error = %v, want deadline exceeded", r.err)
+		}
+		if d := time.Since(begin); d < 50*time.Millisecond {
+			t.Errorf("timed out after %v, before the 50ms timeout", d)
+		}
+		c.mu.Lock()
+		left := len(c.waiting)
+		c.mu.Unlock()
+		if left != 0 {
+			t.Errorf("%d waiters left behind", left)
+		}
+	})
+	t.Run("a broken stream fails the query in flight", func(t *testing.T) {
+		path := sock(t)
+		stop := serve(t, path, &fakeDecider{silent: true})
+		c := start(t, path)
+		eventually(t, "connection", c.Connected)
+		ch := decideFunc(c, query(80), 10*time.Second)
+		stop()
+		if r := once(t, ch, 3*time.Second); !errors.Is(r.err, ErrStreamBroken) {
+			t.Fatalf("error = %v, want ErrStreamBroken", r.err)
+		}
+	})
+	t.Run("unavailable and malformed fail at once", func(t *testing.T) {
+		c := start(t, sock(t)) // nobody listens
+		ch := decideFunc(c, query(80), time.Minute)
+		select {
+		case r := <-ch:
+			if !errors.Is(r.err, ErrUnavailable) {
+				t.Fatalf("error = %v, want ErrUnavailable", r.err)
+			}
+		default:
+			t.Fatal("callback not called before DecideFunc returned")
+		}
+		q := query(80)
+		q.Dst = netip.MustParseAddr("fd00::1")
+		if r := once(t, decideFunc(c, q, time.Minute), time.Second); r.err == nil {
+			t.Fatal("a query of two families was sent")
+		}
+	})
+}

@@ -76,6 +76,11 @@ type Packet struct {
 // of all queues (and their workers).
 type Handler func(p Packet) Verdict
 
+// AsyncHandler decides a packet without blocking. It must call answer
+// exactly once, before it returns or later from any goroutine; answer sets
+// the verdict. It is called on the queues' reading goroutines.
+type AsyncHandler func(p Packet, answer func(Verdict))
+
 // Config configures Run.
 type Config struct {
 	// First is the first queue number; Count queues First..First+Count-1 are
@@ -86,7 +91,7 @@ type Config struct {
 	// CopyLen is how many bytes of each packet are copied (DefaultCopyLen).
 	CopyLen uint32
 	// Workers is the number of handler goroutines per queue; 0 or 1 runs the
-	// handler on the reading goroutine.
+	// handler on the reading goroutine. RunAsync ignores it.
 	Workers int
 	// Shard, when set with Workers > 1, gives each worker packets of its
 	// own: packets with the same Shard value go to the same worker and are
@@ -169,6 +174,16 @@ func (c *Counters) Snapshot() []QueueStats {
 // error if a queue cannot be opened or its socket fails beyond recovery
 // (after closing the other queues).
 func Run(ctx context.Context, cfg Config, h Handler) error {
+	return run(ctx, cfg, h, nil)
+}
+
+// RunAsync is Run with an AsyncHandler, called on the reading goroutines.
+func RunAsync(ctx context.Context, cfg Config, h AsyncHandler) error {
+	cfg.Workers, cfg.Shard = 0, nil
+	return run(ctx, cfg, nil, h)
+}
+
+func run(ctx context.Context, cfg Config, h Handler, ah AsyncHandler) error {
 	if cfg.Count == 0 {
 		return errors.New("nfq: queue count must be at least 1")
 	}
@@ -194,14 +209,14 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		}
 	}()
 	for i := range cfg.Count {
-		r, err := open(runCtx, cancel, cfg, cfg.First+i, h)
+		r, err := open(runCtx, cancel, cfg, cfg.First+i, h, ah)
 		if err != nil {
 			return err
 		}
 		queues = append(queues, r)
 	}
 	slog.Info("nfqueue readers running", "first", cfg.First, "count", cfg.Count,
-		"workers", cfg.Workers, "copyLen", cfg.CopyLen)
+		"workers", cfg.Workers, "async", ah != nil, "copyLen", cfg.CopyLen)
 	<-runCtx.Done()
 	if err := context.Cause(runCtx); ctx.Err() == nil && err != nil {
 		return err
@@ -214,6 +229,7 @@ type reader struct {
 	num      uint16
 	nf       *nfqueue.Nfqueue
 	h        Handler
+	ah       AsyncHandler
 	counters *queueCounters
 	jobs     []chan Packet // one shared, or one per worker with shard
 	shard    func(Packet) uint32
@@ -225,15 +241,15 @@ type reader struct {
 // open opens queue num, asking for conntrack information first and, on
 // kernels built without CONFIG_NETFILTER_NETLINK_GLUE_CT (which refuse that
 // flag), without it.
-func open(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uint16, h Handler) (*reader, error) {
-	r, err := openWith(ctx, fail, cfg, num, h, true)
+func open(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uint16, h Handler, ah AsyncHandler) (*reader, error) {
+	r, err := openWith(ctx, fail, cfg, num, h, ah, true)
 	if errors.Is(err, unix.EOPNOTSUPP) {
 		slog.Info("nfq: kernel cannot attach conntrack information to queued packets; service DNAT is inferred", "queue", num)
 		// The refused attempt had already bound the queue; the kernel lets
 		// it go when that socket is released, which can trail its Close.
 		// Until then a new bind gets EPERM, so retry for a while.
 		for attempt := 0; ; attempt++ {
-			r, err = openWith(ctx, fail, cfg, num, h, false)
+			r, err = openWith(ctx, fail, cfg, num, h, ah, false)
 			if !errors.Is(err, unix.EPERM) || attempt == 50 || ctx.Err() != nil {
 				break
 			}
@@ -243,7 +259,7 @@ func open(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uin
 	return r, err
 }
 
-func openWith(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uint16, h Handler, conntrack bool) (*reader, error) {
+func openWith(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num uint16, h Handler, ah AsyncHandler, conntrack bool) (*reader, error) {
 	// Never NFQA_CFG_F_FAIL_OPEN: with it the kernel accepts a packet when
 	// the queue is full, so a pod that floods new tuples would get its
 	// next, undecided, connection through. A full queue drops instead (and
@@ -253,7 +269,7 @@ func openWith(ctx context.Context, fail context.CancelCauseFunc, cfg Config, num
 	if conntrack {
 		flags |= nfqueue.NfQaCfgFlagConntrack
 	}
-	r := &reader{num: num, h: h, counters: cfg.Counters.queue(num), onError: cfg.OnError, after: cfg.AfterVerdict}
+	r := &reader{num: num, h: h, ah: ah, counters: cfg.Counters.queue(num), onError: cfg.OnError, after: cfg.AfterVerdict}
 	if r.counters == nil {
 		return nil, fmt.Errorf("nfq: counters do not cover queue %d", num)
 	}
@@ -334,6 +350,10 @@ func (r *reader) hook(a nfqueue.Attribute) int {
 		p.Mark = *a.Mark
 	}
 	r.counters.packets.Add(1)
+	if r.ah != nil {
+		r.ah(p, func(v Verdict) { r.set(p, v) })
+		return 0
+	}
 	if r.jobs != nil {
 		i := 0
 		if r.shard != nil {
@@ -348,7 +368,11 @@ func (r *reader) hook(a nfqueue.Attribute) int {
 
 // answer runs the handler and sets the verdict.
 func (r *reader) answer(p Packet) {
-	v := r.h(p)
+	r.set(p, r.h(p))
+}
+
+// set sets p's verdict, counts it and runs the AfterVerdict hook.
+func (r *reader) set(p Packet, v Verdict) {
 	var err error
 	switch {
 	case !v.Accept:

@@ -121,6 +121,16 @@ func (n *netns) do(t *testing.T, fn func()) {
 }
 
 func TestRunVerdictsAndCancel(t *testing.T) {
+	for _, async := range []bool{false, true} {
+		t.Run(fmt.Sprintf("async=%v", async), func(t *testing.T) { testRunVerdictsAndCancel(t, async) })
+	}
+}
+
+// testRunVerdictsAndCancel runs two queues with Run and workers, or with
+// RunAsync and a handler that answers the accepted port later from a
+// goroutine of its own (as the decider client does) and the dropped port
+// at once.
+func testRunVerdictsAndCancel(t *testing.T, async bool) {
 	ns := newNetns(t)
 	const first = 200
 	ns.exec(t, "iptables", "-A", "OUTPUT", "-p", "tcp", "--syn", "-m", "multiport", "--dports", "5001,5002",
@@ -157,10 +167,32 @@ func TestRunVerdictsAndCancel(t *testing.T) {
 		}
 		return Verdict{Accept: info.DstPort == 5001, SetMark: true, Mark: 0x10}
 	}
+	var afterMu sync.Mutex
+	after := map[bool]int{} // AfterVerdict calls by Accept
+	cfg := Config{First: first, Count: 2, Workers: 4, NetNS: ns.fd, Counters: counters,
+		AfterVerdict: func(_ Packet, v Verdict) {
+			afterMu.Lock()
+			after[v.Accept]++
+			afterMu.Unlock()
+		}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{First: first, Count: 2, Workers: 4, NetNS: ns.fd, Counters: counters}, handler)
+		if !async {
+			done <- Run(ctx, cfg, handler)
+			return
+		}
+		done <- RunAsync(ctx, cfg, func(p Packet, answer func(Verdict)) {
+			v := handler(p)
+			if !v.Accept {
+				answer(v)
+				return
+			}
+			go func() {
+				time.Sleep(5 * time.Millisecond)
+				answer(v)
+			}()
+		})
 	}()
 	defer func() {
 		cancel()
@@ -211,6 +243,11 @@ func TestRunVerdictsAndCancel(t *testing.T) {
 	}
 	if total.Accepted < 1 || total.Dropped < 1 || total.Packets != total.Accepted+total.Dropped || total.VerdictErrors != 0 {
 		t.Errorf("counters = %+v", total)
+	}
+	afterMu.Lock()
+	defer afterMu.Unlock()
+	if after[true] != int(total.Accepted) || after[false] != int(total.Dropped) {
+		t.Errorf("AfterVerdict saw %d accepted and %d dropped, want %d and %d", after[true], after[false], total.Accepted, total.Dropped)
 	}
 }
 
