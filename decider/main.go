@@ -81,7 +81,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.framedSocket, "framed-socket", "", "Unix socket of the framed stream, DecideStream without gRPC for the queuer's hot path (default: decider-frames.sock beside --socket; \"none\" disables)")
 	fs.StringVar(&c.nodeName, "node-name", "", "this node's name: whose pods Watch reports (default $NODE_NAME, then the hostname)")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9081", "address for /metrics, /healthz and /readyz; empty disables")
-	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "how long to gather a burst of changes into one snapshot rebuild")
+	fs.DurationVar(&c.settle, "settle", 20*time.Millisecond, "least time between the end of one snapshot rebuild and the start of the next: a change after a quiet spell is built at once, the changes that follow are gathered for this long")
 	fs.DurationVar(&c.crdCheck, "crd-check-interval", source.DefaultCRDCheckInterval, "how often to ask discovery which network-policy-api kinds are served")
 	fs.IntVar(&c.maxPolicySeries, "metrics-max-policies", api.DefaultMaxPolicySeries,
 		"how many policies get their own series in the per-policy metrics; the verdicts and warnings of the others add up under policy=\""+api.OtherPolicy+"\"")

@@ -199,6 +199,16 @@ func BenchmarkCompile(b *testing.B) {
 				c.Compile(inputs[(i+1)%2])
 			}
 		})
+		// What the decider does after each compile: work out the
+		// addresses the change may affect.
+		b.Run(name+"/"+tc.name+"/changed-ips", func(b *testing.B) {
+			var c Compiler
+			prev, next := c.Compile(a), c.Compile(tc.next)
+			b.ReportAllocs()
+			for b.Loop() {
+				ChangedIPs(a, prev, tc.next, next)
+			}
+		})
 	}
 }
 

@@ -47,9 +47,10 @@ func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []ne
 	// Pods a changed policy selects, or in a relabelled namespace, before
 	// or after the change.
 	if len(policies) > 0 || len(namespaces) > 0 {
+		set := newPolicySet(policies)
 		for _, s := range []*Snapshot{prev, next} {
 			for _, p := range s.pods {
-				if _, ok := namespaces[p.ns.name]; ok || p.governedBy(policies) {
+				if _, ok := namespaces[p.ns.name]; ok || p.governedBy(set) {
 					add(p.ips...)
 				}
 			}
@@ -71,23 +72,50 @@ func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []ne
 }
 
 // governedBy reports whether one of refs is among the policies that select p.
-func (p *pod) governedBy(refs map[PolicyRef]struct{}) bool {
-	has := func(r PolicyRef) bool { _, ok := refs[r]; return ok }
+func (p *pod) governedBy(refs policySet) bool {
 	for dir := range 2 {
 		for _, cp := range p.admin[dir] {
-			if has(cp.ref) {
+			if refs.has(cp.ref) {
 				return true
 			}
 		}
 		for _, cp := range p.baseline[dir] {
-			if has(cp.ref) {
+			if refs.has(cp.ref) {
 				return true
 			}
 		}
 		for _, np := range p.np[dir] {
-			if has(np.ref) {
+			if refs.has(np.ref) {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// policySet is a set of policies that looks a few up faster than a map:
+// every pod's policies are checked against it, and a change touches few.
+type policySet struct {
+	few  []PolicyRef
+	many map[PolicyRef]struct{}
+}
+
+// newPolicySet returns the set of refs.
+func newPolicySet(refs map[PolicyRef]struct{}) policySet {
+	if len(refs) > 8 {
+		return policySet{many: refs}
+	}
+	return policySet{few: slices.Collect(maps.Keys(refs))}
+}
+
+func (s policySet) has(r PolicyRef) bool {
+	if s.many != nil {
+		_, ok := s.many[r]
+		return ok
+	}
+	for _, x := range s.few {
+		if x.Name == r.Name && x == r {
+			return true
 		}
 	}
 	return false
@@ -122,8 +150,15 @@ func changedPolicies[T object](prev, next []T, kind string, namespaced bool, spe
 // comparing their contents (informers hand out unchanged objects that way).
 // A name that more than one object of prev or of next holds (the API never
 // serves such lists) cannot be paired: each object under it counts as
-// changed.
+// changed, when one of them differs between the lists (lists of the same
+// objects are equal whatever their order).
 func diffByName[T object](prev, next []T, same func(a, b T) bool, changed func(T)) {
+	// Most objects are in both lists, as the same pointers: set them aside
+	// first, as a pointer is quicker to look up than a name.
+	onlyPrev, onlyNext, both := splitByPointer(prev, next)
+	if len(onlyPrev) == 0 && len(onlyNext) == 0 {
+		return
+	}
 	type key struct{ ns, name string }
 	keyOf := func(o T) key { return key{o.GetNamespace(), o.GetName()} }
 	shared := map[key]bool{}
@@ -138,14 +173,33 @@ func diffByName[T object](prev, next []T, same func(a, b T) bool, changed func(T
 		}
 		return m
 	}
-	before, after := index(prev), index(next)
-	for _, o := range next {
+	before, after := index(onlyPrev), index(onlyNext)
+	// An object in both lists under the name of one in only one of them
+	// shares that name with it in prev or in next.
+	names := make([]string, 0, len(onlyPrev)+len(onlyNext))
+	for _, o := range slices.Concat(onlyPrev, onlyNext) {
+		names = append(names, o.GetName())
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	for _, o := range both {
+		if _, found := slices.BinarySearch(names, o.GetName()); !found {
+			continue
+		}
+		k := keyOf(o)
+		_, b := before[k]
+		_, a := after[k]
+		if a || b {
+			shared[k] = true
+			changed(o)
+		}
+	}
+	for _, o := range onlyNext {
 		k := keyOf(o)
 		old, ok := before[k]
 		switch {
 		case shared[k] || !ok:
 			changed(o)
-		case old == o:
 		case old.GetUID() != "" && old.GetUID() == o.GetUID() &&
 			old.GetResourceVersion() != "" && old.GetResourceVersion() == o.GetResourceVersion():
 		case !same(old, o):
@@ -153,12 +207,37 @@ func diffByName[T object](prev, next []T, same func(a, b T) bool, changed func(T
 			changed(o)
 		}
 	}
-	for _, o := range prev {
+	for _, o := range onlyPrev {
 		k := keyOf(o)
 		if _, ok := after[k]; shared[k] || !ok {
 			changed(o)
 		}
 	}
+}
+
+// splitByPointer returns the objects only in prev, only in next, and in
+// both, by pointer (an object twice in one list counts twice).
+func splitByPointer[T comparable](prev, next []T) (onlyPrev, onlyNext, both []T) {
+	count := make(map[T]int, len(prev))
+	for _, o := range prev {
+		count[o]++
+	}
+	both = make([]T, 0, len(next))
+	for _, o := range next {
+		if count[o] > 0 {
+			count[o]--
+			both = append(both, o)
+			continue
+		}
+		onlyNext = append(onlyNext, o)
+	}
+	for _, o := range prev {
+		if count[o] > 0 {
+			count[o]--
+			onlyPrev = append(onlyPrev, o)
+		}
+	}
+	return onlyPrev, onlyNext, both
 }
 
 // samePod compares what the engine reads of a pod.

@@ -12,6 +12,9 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/network-policy-api/apis/v1alpha1"
 	"sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
@@ -429,4 +432,55 @@ func TestFuzzInputsCover(t *testing.T) {
 		}
 	}
 	t.Log(seen)
+}
+
+// TestDiffByName: which objects diffByName reports, by pointer, UID and
+// resourceVersion, contents, and names held twice.
+func TestDiffByName(t *testing.T) {
+	np := func(name, uid, rv string, port int32) *networkingv1.NetworkPolicy {
+		p := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(uid), ResourceVersion: rv}}
+		p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Port: ptr.To(intstr.FromInt32(port))}}}}
+		return p
+	}
+	a, b, c := np("a", "ua", "1", 80), np("b", "ub", "1", 80), np("c", "uc", "1", 80)
+	aEdited := np("a", "ua", "2", 81) // a new version of a
+	aCopy := np("a", "ua", "1", 80)   // another copy of the same version
+	aRelisted := np("a", "", "", 80)  // the same contents without UID or version
+	aTwin := np("a", "ua2", "1", 80)  // another object under a's name
+	type objs = []*networkingv1.NetworkPolicy
+	for _, tc := range []struct {
+		name       string
+		prev, next objs
+		want       objs
+	}{
+		{"same objects", objs{a, b, c}, objs{a, b, c}, nil},
+		{"reordered", objs{a, b, c}, objs{c, a, b}, nil},
+		{"edited", objs{a, b, c}, objs{b, aEdited, c}, objs{a, aEdited}},
+		{"same version, another copy", objs{a, b}, objs{aCopy, b}, nil},
+		{"same contents, no version", objs{a, b}, objs{aRelisted, b}, nil},
+		{"added", objs{a, b}, objs{a, b, c}, objs{c}},
+		{"removed", objs{a, b, c}, objs{a, c}, objs{b}},
+		{"a twin removed", objs{a, aTwin, b}, objs{a, b}, objs{a, aTwin}},
+		{"a twin added", objs{a, b}, objs{b, aTwin, a}, objs{a, aTwin}},
+		{"twins kept", objs{a, aTwin, b}, objs{aTwin, b, a}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got objs
+			diffByName(tc.prev, tc.next, func(x, y *networkingv1.NetworkPolicy) bool {
+				return equality.Semantic.DeepEqual(x.Spec, y.Spec)
+			}, func(o *networkingv1.NetworkPolicy) {
+				if !slices.Contains(got, o) {
+					got = append(got, o)
+				}
+			})
+			if len(got) != len(tc.want) {
+				t.Fatalf("reported %d objects, want %d", len(got), len(tc.want))
+			}
+			for _, w := range tc.want {
+				if !slices.Contains(got, w) {
+					t.Errorf("%s/%s (uid %q, rv %q) not reported", w.Namespace, w.Name, w.UID, w.ResourceVersion)
+				}
+			}
+		})
+	}
 }

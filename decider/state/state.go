@@ -171,20 +171,24 @@ func (s *State) Trigger() {
 	}
 }
 
-// Run rebuilds after triggers until ctx ends. After a trigger it waits
-// settle for more changes (so a burst of informer events costs one compile),
-// then calls input and publishes. ready gates the first build: Run does not
-// publish until ready returns true (for example until informers synced).
-// onPublish, if not nil, is called after each publication.
+// Run rebuilds after triggers until ctx ends. A trigger after a quiet
+// spell is built at once; one that follows a rebuild waits until settle has
+// passed since that rebuild ended, gathering the changes that arrive
+// meanwhile, so that a burst of informer events costs two compiles, not
+// one each. Each rebuild calls input and publishes. ready gates the first
+// build: Run does not publish until ready returns true (for example until
+// informers synced). onPublish, if not nil, is called after each
+// publication.
 func (s *State) Run(ctx context.Context, settle time.Duration, ready func() bool, input func() engine.Input, onPublish func(*View)) {
+	var last time.Time // when the previous rebuild ended
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kick:
 		}
-		if settle > 0 {
-			t := time.NewTimer(settle)
+		if wait := settle - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -207,5 +211,6 @@ func (s *State) Run(ctx context.Context, settle time.Duration, ready func() bool
 		if onPublish != nil {
 			onPublish(v)
 		}
+		last = time.Now()
 	}
 }

@@ -91,26 +91,48 @@ func TestRunCoalescesBursts(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var inputs, published atomic.Int32
+	var firstAt atomic.Int64 // nanoseconds from the first trigger to the first publication
 	done := make(chan struct{})
+	const settle = 2 * time.Second
+	begin := time.Now()
 	go func() {
 		defer close(done)
-		s.Run(ctx, 200*time.Millisecond, nil, func() engine.Input {
+		s.Run(ctx, settle, nil, func() engine.Input {
 			inputs.Add(1)
 			return cluster("a")
-		}, func(*View) { published.Add(1) })
+		}, func(*View) {
+			if published.Add(1) == 1 {
+				firstAt.Store(int64(time.Since(begin)))
+			}
+		})
 	}()
+	// A trigger after a quiet spell is built at once.
+	s.Trigger()
+	deadline := time.Now().Add(5 * time.Second)
+	for published.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if d := time.Duration(firstAt.Load()); published.Load() != 1 || d >= settle {
+		t.Fatalf("first trigger: %d publications, after %v; want one, before the %v settle", published.Load(), d, settle)
+	}
+	// A burst right after it is gathered into one more rebuild, after the
+	// settle.
+	burst := time.Now()
 	for range 10 {
 		s.Trigger()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for published.Load() == 0 && time.Now().Before(deadline) {
+	deadline = time.Now().Add(3 * settle)
+	for published.Load() < 2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Nothing is left pending: no second compile follows.
-	time.Sleep(400 * time.Millisecond)
+	if d := time.Since(burst); d < settle-100*time.Millisecond {
+		t.Errorf("the burst was built %v after it, before the settle", d)
+	}
+	// Nothing is left pending: no third compile follows.
+	time.Sleep(settle / 4)
 	cancel()
 	<-done
-	if got := inputs.Load(); got != 1 {
-		t.Errorf("10 triggers in a burst compiled %d times, want 1", got)
+	if got := inputs.Load(); got != 2 {
+		t.Errorf("one trigger and then a burst of 10 compiled %d times, want 2", got)
 	}
 }
