@@ -46,6 +46,7 @@ type options struct {
 	firstQueue      uint
 	queueMaxLen     uint
 	queueWorkers    int
+	deciderStreams  int
 	queueMode       string
 	metricsAddr     string
 	nodeName        string
@@ -77,6 +78,7 @@ func parseFlags(args []string) (options, error) {
 	fs.UintVar(&o.firstQueue, "nfqueue-id", 100, "first NFQUEUE queue number")
 	fs.UintVar(&o.queueMaxLen, "queue-maxlen", 1024, "kernel queue length per queue (a full queue drops, in both fail modes)")
 	fs.IntVar(&o.queueWorkers, "queue-workers", 0, "0: answer packets asynchronously, from the goroutine that receives the decider's answer (no hand-offs); N: N handler goroutines per queue, each waiting for its answer (1: inline on the queue's reader)")
+	fs.IntVar(&o.deciderStreams, "decider-streams", 0, "decision streams to the decider, each answering its packets on its own goroutine (0: one per queue, at most 8)")
 	fs.StringVar(&o.queueMode, "queue-mode", "auto", "how packets reach NFQUEUE: auto, nft (native queue statement) or xt (iptables NFQUEUE target)")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9080", "address of /metrics, /healthz and /readyz (empty disables)")
 	fs.StringVar(&o.nodeName, "node-name", "", "node whose pods are queued (default $NODE_NAME, then the hostname)")
@@ -115,6 +117,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--dns-nfqueue-id %d exceeds queue 65535", o.dnsQueue)
 	case o.queueMaxLen < 1 || o.queueMaxLen > 1<<31:
 		return o, fmt.Errorf("--queue-maxlen %d out of range", o.queueMaxLen)
+	case o.deciderStreams < 0 || o.deciderStreams > 256:
+		return o, fmt.Errorf("--decider-streams %d: want 0 (one per queue) to 256", o.deciderStreams)
 	case o.queueWorkers < 0:
 		return o, fmt.Errorf("--queue-workers %d: want 0 (asynchronous) or more", o.queueWorkers)
 	case o.cacheSize < 1:
@@ -210,7 +214,11 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	dec, err := client.New(o.deciderSocket, client.Options{FramedSocket: o.framedSocket})
+	streams := o.deciderStreams
+	if streams == 0 {
+		streams = min(int(o.queues), 8)
+	}
+	dec, err := client.NewPool(o.deciderSocket, client.Options{FramedSocket: o.framedSocket}, streams)
 	if err != nil {
 		return err
 	}

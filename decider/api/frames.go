@@ -16,7 +16,8 @@ import (
 )
 
 // MaxFramedConns bounds the framed-stream connections served at once; a
-// queuer needs one.
+// queuer opens up to eight (--decider-streams), and a restarting one briefly
+// holds twice that.
 const MaxFramedConns = 16
 
 // ServeFrames is the decider side of the framed stream (internal/frames):

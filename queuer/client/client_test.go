@@ -615,3 +615,60 @@ func TestDecideFunc(t *testing.T) {
 		}
 	})
 }
+
+func TestPool(t *testing.T) {
+	path := sock(t)
+	f := &fakeDecider{gen: 5}
+	serve(t, path, f)
+	opts := Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+	p, err := NewPool(path, opts, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = p.Close()
+	})
+	eventually(t, "every stream connected", p.Connected)
+
+	// Pairs of addresses spread over the streams; each pair keeps to one.
+	const pairs = 30
+	var chans []chan funcResult
+	for i := range pairs {
+		q := query(uint16(2 * i)) // even ports: allowed
+		q.Dst = netip.AddrFrom4([4]byte{10, 0, 1, byte(i)})
+		for range 2 {
+			ch := make(chan funcResult, 2)
+			p.DecideFunc(q, 5*time.Second, func(res Result, err error) { ch <- funcResult{res, err} })
+			chans = append(chans, ch)
+		}
+	}
+	for i, ch := range chans {
+		if r := once(t, ch, 5*time.Second); r.err != nil || !r.res.Allow || r.res.Generation != 5 {
+			t.Errorf("query %d: %+v, %v", i, r.res, r.err)
+		}
+	}
+	used := 0
+	for _, c := range p.lanes {
+		n := c.nextID.Load()
+		if n%2 != 0 {
+			t.Errorf("a stream sent %d queries: a pair's two queries went to different streams", n)
+		}
+		if n > 0 {
+			used++
+		}
+	}
+	if used < 2 {
+		t.Errorf("%d pairs used %d of 3 streams", pairs, used)
+	}
+	if got := f.queries.Load(); got != 2*pairs {
+		t.Errorf("decider saw %d queries, want %d", got, 2*pairs)
+	}
+}
