@@ -140,7 +140,8 @@ func BenchmarkChangedIPs(b *testing.B) {
 // namespace). The objects the change does not touch are the same pointers,
 // as informers hand them out. Each op alternates between the changed input
 // and the original, so every other op compiles the reverse change (the
-// policy or pod deleted, the labels changed back).
+// policy or pod deleted, the labels changed back). The .../changed-ips
+// cases time what the decider does next with each change: ChangedIPs.
 func BenchmarkCompile(b *testing.B) {
 	sz := benchSizes[len(benchSizes)-1]
 	a := synthCluster(sz.pods, sz.policies)
