@@ -52,6 +52,7 @@ type options struct {
 	nodeName        string
 	cacheSize       int
 	cacheTTL        time.Duration
+	cachePortRanges bool
 	kernelCacheTTL  time.Duration
 	kernelCacheSize int
 	decideTimeout   time.Duration
@@ -83,6 +84,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9080", "address of /metrics, /healthz and /readyz (empty disables)")
 	fs.StringVar(&o.nodeName, "node-name", "", "node whose pods are queued (default $NODE_NAME, then the hostname)")
 	fs.IntVar(&o.cacheSize, "cache-size", 65536, "entries of the userspace verdict cache")
+	fs.BoolVar(&o.cachePortRanges, "cache-port-ranges", true, "keep one userspace-cache answer for every destination port the decider says it holds for (off: for the queried port only)")
 	fs.DurationVar(&o.cacheTTL, "cache-ttl", time.Minute, "lifetime of userspace verdict-cache entries (a safety net; generations invalidate them)")
 	fs.DurationVar(&o.kernelCacheTTL, "kernel-cache-ttl", time.Minute, "timeout of kernel verdict-cache entries, whole seconds")
 	fs.IntVar(&o.kernelCacheSize, "kernel-cache-size", dataplane.DefaultVerdictCacheSize, "entries of each of the four kernel verdict sets; when one is full, new verdicts are answered by the queuer without being cached in the kernel")
@@ -246,6 +248,7 @@ func run(ctx context.Context, o options) error {
 		FailOpen:       o.failOpen,
 		DecideTimeout:  o.decideTimeout,
 		LearnVerdicts:  true,
+		PortRanges:     o.cachePortRanges,
 		CutEstablished: o.cutEstablished,
 		CheckInterval:  o.checkInterval,
 		Decisions:      decisions,

@@ -109,7 +109,8 @@ func (s *Server) Decide(ctx context.Context, req *tollgatev1.DecideRequest) (*to
 	t.DNS = v.DNS
 	d, ids := v.Snapshot.DecideIDs(t)
 	s.opts.Metrics.decided(v.Snapshot, &d, &ids)
-	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation, Explanations: explanations(v.Snapshot, t, &d)}
+	resp := &tollgatev1.DecideResponse{Verdict: verdict(d.Allowed), Generation: v.Generation, Explanations: explanations(v.Snapshot, t, &d),
+		DstPortMin: uint32(d.Ports.Lo), DstPortMax: uint32(d.Ports.Hi)}
 	s.opts.Metrics.request("Decide", resp.Verdict.String())
 	s.opts.Metrics.observe(time.Since(start))
 	return resp, nil
@@ -153,6 +154,7 @@ func (s *Server) answer(req *tollgatev1.DecideStreamRequest) *tollgatev1.DecideS
 			s.opts.Metrics.decided(v.Snapshot, &d, &ids)
 			r.Verdict = verdict(d.Allowed)
 			r.Generation = v.Generation
+			r.DstPortMin, r.DstPortMax = uint32(d.Ports.Lo), uint32(d.Ports.Hi)
 			if x := q.GetExplain(); x == tollgatev1.Explain_EXPLAIN_ALL || (x == tollgatev1.Explain_EXPLAIN_DENIED && !d.Allowed) {
 				r.Explanations = explanations(v.Snapshot, t, &d)
 			}

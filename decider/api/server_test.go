@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/tollgate/tollgate/decider/engine"
 	"github.com/tollgate/tollgate/decider/state"
@@ -302,5 +303,54 @@ func TestShutdownEndsWatch(t *testing.T) {
 	srv.Shutdown()
 	if _, err := w.Recv(); status.Code(err) != codes.Unavailable {
 		t.Errorf("Recv after Shutdown: %v, want Unavailable", err)
+	}
+}
+
+// TestDecidePortRange checks that both Decide and DecideStream say over
+// which destination ports their verdict holds.
+func TestDecidePortRange(t *testing.T) {
+	in := cluster(false)
+	tcp := corev1.ProtocolTCP
+	port := func(p int32) *intstr.IntOrString { v := intstr.FromInt32(p); return &v }
+	end := int32(20000)
+	in.NetworkPolicies = []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "y", Name: "web"},
+		Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{
+			{Protocol: &tcp, Port: port(8080)}, {Protocol: &tcp, Port: port(10000), EndPort: &end}}}}}}}
+	st := state.New()
+	st.Publish(in)
+	client, _, _, _ := startServer(t, st)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	resp, err := client.Decide(ctx, &tollgatev1.DecideRequest{SrcIp: "10.0.0.1", DstIp: "10.0.0.2", Protocol: tollgatev1.Protocol_PROTOCOL_TCP, DstPort: 80})
+	if err != nil || resp.GetVerdict() != tollgatev1.Verdict_VERDICT_DENY || resp.GetDstPortMin() != 0 || resp.GetDstPortMax() != 8079 {
+		t.Errorf("Decide to port 80: %v %v, want a deny for ports 0-8079", resp, err)
+	}
+	stream, err := client.DecideStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := []byte{10, 0, 0, 1}, []byte{10, 0, 0, 2}
+	want := map[uint32][3]uint32{ // port -> verdict, min, max
+		15000: {uint32(tollgatev1.Verdict_VERDICT_ALLOW), 10000, 20000},
+		9000:  {uint32(tollgatev1.Verdict_VERDICT_DENY), 8081, 9999},
+		8080:  {uint32(tollgatev1.Verdict_VERDICT_ALLOW), 8080, 8080},
+	}
+	var qs []*tollgatev1.Query
+	for p := range want {
+		qs = append(qs, &tollgatev1.Query{Id: uint64(p), SrcAddr: a, DstAddr: b, Protocol: tollgatev1.Protocol_PROTOCOL_TCP, DstPort: p})
+	}
+	if err := stream.Send(&tollgatev1.DecideStreamRequest{Queries: qs}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range got.GetResults() {
+		w := want[uint32(r.GetId())]
+		if uint32(r.GetVerdict()) != w[0] || r.GetDstPortMin() != w[1] || r.GetDstPortMax() != w[2] {
+			t.Errorf("port %d: %v, want verdict %d over %d-%d", r.GetId(), r, w[0], w[1], w[2])
+		}
 	}
 }

@@ -39,7 +39,7 @@ type walk struct {
 func (s *Snapshot) decide(t Tuple, w *[2]walk) Decision {
 	t.Src, t.Dst = t.Src.Unmap(), t.Dst.Unmap()
 	src, dst := s.podByIP[t.Src], s.podByIP[t.Dst]
-	d := Decision{Allowed: true}
+	d := Decision{Allowed: true, Ports: PortRange{0, 65535}}
 	if t.Src == t.Dst && !t.ViaService {
 		// A pod talking to its own IP is not subject to policy.
 		d.SamePod = src != nil
@@ -50,11 +50,11 @@ func (s *Snapshot) decide(t Tuple, w *[2]walk) Decision {
 		eg, in = &w[Egress], &w[Ingress]
 	}
 	if src != nil {
-		d.Egress = s.evaluate(Egress, src, endpoint{ip: t.Dst, pod: dst}, t, dst, eg)
+		d.Egress = s.evaluate(Egress, src, endpoint{ip: t.Dst, pod: dst}, t, dst, eg, &d.Ports)
 		d.Allowed = d.Egress.Allowed
 	}
 	if dst != nil {
-		d.Ingress = s.evaluate(Ingress, dst, endpoint{ip: t.Src, pod: src}, t, dst, in)
+		d.Ingress = s.evaluate(Ingress, dst, endpoint{ip: t.Src, pod: src}, t, dst, in, &d.Ports)
 		d.Allowed = d.Allowed && d.Ingress.Allowed
 	}
 	return d
@@ -62,14 +62,15 @@ func (s *Snapshot) decide(t Tuple, w *[2]walk) Decision {
 
 // evaluate runs the tiers for one direction of subject: admin tier, then
 // NetworkPolicy, then baseline tier, then the default allow. w, when not
-// nil, receives the policy ids and, if w.trace, every stage visited.
-func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple, dstPod *pod, w *walk) Explanation {
+// nil, receives the policy ids and, if w.trace, every stage visited. Every
+// port clause it looks at narrows win (see portSet.matches).
+func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple, dstPod *pod, w *walk, win *PortRange) Explanation {
 	e := Explanation{Evaluated: true, Direction: dir, Pod: subject.ref, Rule: -1, PassRule: -1}
 
 	// Admin tier: first matching rule of the policies in priority order.
 	// Allow and Deny are final; Pass skips the rest of the tier.
 	admin := subject.admin[dir]
-	p, r, domain := s.firstMatch(admin, dir, peer, t, dstPod)
+	p, r, domain := s.firstMatch(admin, dir, peer, t, dstPod, win)
 	if w != nil {
 		w.clusterStep(StageAdmin, admin, p, r)
 	}
@@ -88,7 +89,7 @@ func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple,
 		rules := subject.npRules[dir]
 		for i := range rules {
 			r := &rules[i]
-			if r.rule.ports.matches(t.Proto, t.DstPort, dstPod) && r.rule.peerMatches(peer) {
+			if r.rule.ports.matches(t.Proto, t.DstPort, dstPod, win) && r.rule.peerMatches(peer) {
 				e = e.decided(TierNetworkPolicy, r.policy.ref, r.index, "", ActionAllow)
 				if w != nil {
 					w.npStep(nps, r.policy, e)
@@ -108,7 +109,7 @@ func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple,
 
 	// Baseline tier. A Pass here leaves the decision to the default.
 	baseline := subject.baseline[dir]
-	p, r, domain = s.firstMatch(baseline, dir, peer, t, dstPod)
+	p, r, domain = s.firstMatch(baseline, dir, peer, t, dstPod, win)
 	if w != nil {
 		w.clusterStep(StageBaseline, baseline, p, r)
 	}
@@ -130,11 +131,11 @@ func (s *Snapshot) evaluate(dir Direction, subject *pod, peer endpoint, t Tuple,
 // firstMatch returns the first rule, in policy order then rule order, that
 // matches the connection, and the domain name by which it matched (if a
 // domainNames peer did).
-func (s *Snapshot) firstMatch(policies []*clusterPolicy, dir Direction, peer endpoint, t Tuple, dstPod *pod) (*clusterPolicy, *clusterRule, string) {
+func (s *Snapshot) firstMatch(policies []*clusterPolicy, dir Direction, peer endpoint, t Tuple, dstPod *pod, win *PortRange) (*clusterPolicy, *clusterRule, string) {
 	for _, p := range policies {
 		for i := range p.rules[dir] {
 			r := &p.rules[dir][i]
-			if ok, domain := s.ruleMatches(r, peer, t, dstPod); ok {
+			if ok, domain := s.ruleMatches(r, peer, t, dstPod, win); ok {
 				return p, r, domain
 			}
 		}
@@ -150,11 +151,11 @@ func (e Explanation) decided(tier Tier, ref PolicyRef, rule int, name string, a 
 
 // ruleMatches reports whether r matches the connection and, for a
 // domainNames peer, the name by which it did.
-func (s *Snapshot) ruleMatches(r *clusterRule, peer endpoint, t Tuple, dstPod *pod) (bool, string) {
+func (s *Snapshot) ruleMatches(r *clusterRule, peer endpoint, t Tuple, dstPod *pod, win *PortRange) (bool, string) {
 	if r.all {
 		return true, ""
 	}
-	if !r.ports.matches(t.Proto, t.DstPort, dstPod) {
+	if !r.ports.matches(t.Proto, t.DstPort, dstPod, win) {
 		return false, ""
 	}
 	for i := range r.peers {

@@ -481,7 +481,7 @@ func genInput(seed uint64) Input {
 
 // allTuples lists connections between every pair of test pods, the node
 // addresses, the spare pod addresses and an outside address, over every
-// protocol, on ports 80 and 81, and each address to itself through a
+// protocol, on ports 80 and 81 and a few around them, and each address to itself through a
 // service.
 func allTuples() []Tuple {
 	ips := append([]string{"8.8.8.8", spareIPv4, spareIPv6, "fd00:ffff::1", "fd00:ffff::2"}, nodeIPs...)
@@ -501,7 +501,7 @@ func allTuples() []Tuple {
 				continue
 			}
 			for _, proto := range []Protocol{ProtocolTCP, ProtocolUDP, ProtocolSCTP, ProtocolICMP} {
-				for _, port := range []uint16{80, 81} {
+				for _, port := range []uint16{80, 81, 1, 82, 4000} {
 					out = append(out, Tuple{Src: a.Src, Dst: b.Src, Proto: proto, DstPort: port})
 					if a.Src == b.Src {
 						out = append(out, Tuple{Src: a.Src, Dst: b.Src, Proto: proto, DstPort: port, ViaService: true})
@@ -515,14 +515,16 @@ func allTuples() []Tuple {
 
 // FuzzEngine compiles randomly generated policies and checks invariants:
 // no panic, verdicts independent of input order, explanations consistent
-// with verdicts, and adding an allow-everything rule to an existing
-// NetworkPolicy never turns an allowed connection into a denied one.
+// with verdicts, every port of a decision's port range decided alike, and
+// adding an allow-everything rule to an existing NetworkPolicy never turns
+// an allowed connection into a denied one.
 func FuzzEngine(f *testing.F) {
 	addSeeds(f)
 	tuples := allTuples()
 	f.Fuzz(func(t *testing.T, seed uint64) {
 		in := genInput(seed)
 		snap := Compile(in)
+		r := rand.New(rand.NewPCG(seed, 7))
 
 		snap2 := Compile(reversed(in))
 		if !slices.Equal(snap.Warnings(), snap2.Warnings()) {
@@ -545,6 +547,7 @@ func FuzzEngine(f *testing.F) {
 			if d2 := snap2.Decide(tup); d2 != d {
 				t.Fatalf("%+v: verdict depends on input order:\n%+v\n%+v", tup, d, d2)
 			}
+			checkPortRange(t, snap, tup, d, r)
 			want := (!d.Egress.Evaluated || d.Egress.Allowed) && (!d.Ingress.Evaluated || d.Ingress.Allowed)
 			if d.Allowed != want {
 				t.Fatalf("%+v: Allowed=%v but explanations say %v: %+v", tup, d.Allowed, want, d)

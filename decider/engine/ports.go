@@ -28,8 +28,10 @@ type portEntry struct {
 }
 
 // matches reports whether a connection with proto and port to dstPod (nil
-// when the destination is not a pod) matches the set.
-func (ps *portSet) matches(proto Protocol, port uint16, dstPod *pod) bool {
+// when the destination is not a pod) matches the set. It narrows win to
+// the ports around port that every clause it looked at treats as it
+// treats port, so that the answer holds for all of win.
+func (ps *portSet) matches(proto Protocol, port uint16, dstPod *pod, win *PortRange) bool {
 	if ps.any {
 		return true
 	}
@@ -39,7 +41,11 @@ func (ps *portSet) matches(proto Protocol, port uint16, dstPod *pod) bool {
 	for i := range ps.entries {
 		e := &ps.entries[i]
 		if e.name == "" {
-			if e.proto == proto && port >= e.lo && port <= e.hi {
+			if e.proto != proto {
+				continue
+			}
+			win.narrow(port, e.lo, e.hi)
+			if port >= e.lo && port <= e.hi {
 				return true
 			}
 			continue
@@ -49,13 +55,29 @@ func (ps *portSet) matches(proto Protocol, port uint16, dstPod *pod) bool {
 		}
 		for j := range dstPod.ports {
 			cp := &dstPod.ports[j]
-			if cp.name == e.name && cp.port == port && cp.proto == proto &&
-				(e.proto == ProtocolUnknown || e.proto == proto) {
+			if cp.name != e.name || cp.proto != proto || (e.proto != ProtocolUnknown && e.proto != proto) {
+				continue
+			}
+			win.narrow(port, cp.port, cp.port)
+			if cp.port == port {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// narrow shrinks r, which contains port, to the ports on port's side of
+// the clause [lo, hi]: inside it when port is, else between it and port.
+func (r *PortRange) narrow(port, lo, hi uint16) {
+	switch {
+	case port < lo:
+		r.Hi = min(r.Hi, lo-1)
+	case port > hi:
+		r.Lo = max(r.Lo, hi+1)
+	default:
+		r.Lo, r.Hi = max(r.Lo, lo), min(r.Hi, hi)
+	}
 }
 
 // protocolOf converts an API protocol; nil or empty means TCP, as the API

@@ -208,4 +208,18 @@ type Decision struct {
 	SamePod bool
 	Egress  Explanation
 	Ingress Explanation
+	// Ports are the destination ports, the tuple's own among them, over
+	// which this Decision holds: the same tuple with any port in the range
+	// is decided alike, by the same rules. It is as wide as the port
+	// clauses that the evaluation looked at allow, which is often much
+	// wider than the one port: a cache can keep one answer for all of it.
+	Ports PortRange
 }
+
+// PortRange is an inclusive range of port numbers.
+type PortRange struct {
+	Lo, Hi uint16
+}
+
+// Contains reports whether port is in r.
+func (r PortRange) Contains(port uint16) bool { return r.Lo <= port && port <= r.Hi }

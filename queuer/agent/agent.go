@@ -69,6 +69,10 @@ type Config struct {
 	// LearnVerdicts makes the kernel cache decided tuples (the learn
 	// chains); off, every new connection of a selected pod is queued.
 	LearnVerdicts bool
+	// PortRanges keeps, in the userspace cache, the decider's answer for
+	// the whole range of destination ports it says the answer holds for
+	// (Result.PortRange); off, for the queried port only.
+	PortRanges bool
 	// CutEstablished cuts established flows that a change now denies.
 	CutEstablished bool
 	// CheckInterval is how often the ruleset is checked (and restored);

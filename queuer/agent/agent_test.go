@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -28,6 +29,7 @@ type fakeDecider struct {
 	mu           sync.Mutex
 	allow        bool
 	deny         map[uint16]bool // by destination port, over allow
+	ports        [2]uint32       // the port range every answer claims
 	gen          uint64
 	err          error
 	hang         bool
@@ -40,7 +42,7 @@ type fakeDecider struct {
 func (f *fakeDecider) Decide(ctx context.Context, q client.Query) (client.Result, error) {
 	f.mu.Lock()
 	f.queries = append(f.queries, q)
-	hang, err, allow, gen := f.hang, f.err, f.allow && !f.deny[q.DstPort], f.gen
+	hang, err, allow, gen, ports := f.hang, f.err, f.allow && !f.deny[q.DstPort], f.gen, f.ports
 	f.mu.Unlock()
 	if hang {
 		<-ctx.Done()
@@ -49,7 +51,7 @@ func (f *fakeDecider) Decide(ctx context.Context, q client.Query) (client.Result
 	if err != nil {
 		return client.Result{}, err
 	}
-	return client.Result{Allow: allow, Generation: gen}, nil
+	return client.Result{Allow: allow, Generation: gen, PortMin: ports[0], PortMax: ports[1]}, nil
 }
 
 func (f *fakeDecider) DecideFunc(q client.Query, timeout time.Duration, fn func(client.Result, error)) {
@@ -587,4 +589,46 @@ func value(t *testing.T, c prometheus.Metric) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+}
+
+func TestHandlePortRanges(t *testing.T) {
+	conn := func(port uint16) nfq.Packet {
+		return nfq.Packet{Payload: pkt4("10.0.0.1", "10.0.0.2", 6, 40000, port)}
+	}
+	// Verdicts are learned: a deny is an accept with the learn-deny mark.
+	allowed := func(v nfq.Verdict) bool { return v.Accept && learned(v) == dataplane.MarkLearnAllow }
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("PortRanges=%v", on), func(t *testing.T) {
+			dec := &fakeDecider{allow: true, gen: 3, ports: [2]uint32{1000, 2000}}
+			a := newTestAgent(t, dec, Config{PortRanges: on}, nil)
+			if v := a.handle(conn(1500)); !allowed(v) {
+				t.Fatalf("verdict %+v, want accept", v)
+			}
+			// The decider now denies everything: what the cache answers
+			// shows which ports the first answer covers.
+			dec.set(func(d *fakeDecider) { d.allow, d.ports = false, [2]uint32{} })
+			for _, port := range []uint16{1000, 1800, 2000} {
+				asked := dec.asked()
+				v := a.handle(conn(port))
+				if on && (!allowed(v) || dec.asked() != asked) {
+					t.Errorf("port %d, in the answered range: verdict %+v after %d queries, want the cached accept", port, v, dec.asked()-asked)
+				}
+				if !on && (allowed(v) || dec.asked() != asked+1) {
+					t.Errorf("port %d with ranges off: verdict %+v after %d queries, want the decider's deny", port, v, dec.asked()-asked)
+				}
+			}
+			asked := dec.asked()
+			if v := a.handle(conn(2001)); allowed(v) || dec.asked() != asked+1 {
+				t.Errorf("port 2001, outside the range: verdict %+v, want the decider asked and its deny", v)
+			}
+		})
+	}
+	// A range that does not contain the queried port is not believed.
+	dec := &fakeDecider{allow: true, gen: 3, ports: [2]uint32{1000, 2000}}
+	a := newTestAgent(t, dec, Config{PortRanges: true}, nil)
+	a.handle(conn(80))
+	dec.set(func(d *fakeDecider) { d.allow = false })
+	if v := a.handle(conn(1500)); allowed(v) || dec.asked() != 2 {
+		t.Errorf("a range without its port was cached: verdict %+v, %d queries", v, dec.asked())
+	}
 }

@@ -128,7 +128,11 @@ func (a *Agent) decided(p nfq.Packet, m miss, begin time.Time, res client.Result
 		return drop, false, sourceFailMode
 	}
 	a.metrics.deciderRTT.Observe(time.Since(begin).Seconds())
-	a.cache.Put(m.key, res.Allow, res.Generation)
+	lo, hi := m.q.DstPort, m.q.DstPort
+	if a.cfg.PortRanges && dataplane.Cacheable(m.q.Proto) {
+		lo, hi = res.PortRange(m.q.DstPort)
+	}
+	a.cache.PutRange(m.key, lo, hi, res.Allow, res.Generation)
 	return a.verdict(p, m.q, res.Allow, m.gen, res.Generation >= m.gen), res.Allow, sourceDecider
 }
 

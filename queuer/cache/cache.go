@@ -8,10 +8,15 @@
 // unreferenced entry), so queue goroutines hitting different keys rarely
 // contend and no global lock sits on the hit path.
 //
-// Every entry remembers the decider generation of its verdict. Invalidate
-// raises the current generation in O(1); older entries then read as misses
-// and are removed lazily. A TTL per entry is a safety net in case a
-// generation change is ever missed.
+// An entry holds the verdict for one port, or, when the decider said its
+// verdict holds for a range of destination ports, up to four such ranges
+// for one address pair and protocol: one answer then serves every port of
+// its range. A lookup tries the port's own entry, then the pair's ranges.
+//
+// Every verdict remembers the decider generation it was given in.
+// Invalidate raises the current generation in O(1); older verdicts then
+// read as misses and are removed lazily. A TTL per verdict is a safety net
+// in case a generation change is ever missed.
 package cache
 
 import (
@@ -72,20 +77,67 @@ type Cache struct {
 	gen    atomic.Uint64
 }
 
-type entry struct {
-	key     Key
+// slot is what an entry is stored under: a Key, or for the ranges of an
+// address pair a Key with DstPort zero and ranged set.
+type slot struct {
+	Key
+	ranged bool
+}
+
+// rangesPerEntry bounds the port ranges an address pair keeps; a new one
+// beyond it replaces the oldest.
+const rangesPerEntry = 4
+
+// answer is one verdict for the ports lo to hi.
+type answer struct {
+	lo, hi  uint16
 	allow   bool
-	ref     bool
 	gen     uint64
 	expires int64 // UnixNano
 }
 
+// stale reports whether a is of an older generation than gen or expired.
+func (a *answer) stale(gen uint64, now int64) bool { return a.gen < gen || now >= a.expires }
+
+// entry is a port's answer (n == 1) or an address pair's ranges (n of
+// them, not overlapping).
+type entry struct {
+	key     slot
+	answers [rangesPerEntry]answer
+	n       uint8 // answers in use
+	next    uint8 // the answer a new range replaces when all are in use
+	ref     bool
+}
+
+// live reports whether any answer of e is neither stale nor expired.
+func (e *entry) live(gen uint64, now int64) bool {
+	for i := range e.n {
+		if !e.answers[i].stale(gen, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// drop removes answer i, keeping the others in place order.
+func (e *entry) drop(i uint8) {
+	copy(e.answers[i:e.n], e.answers[i+1:e.n])
+	e.n--
+	e.answers[e.n] = answer{}
+	if e.next > i {
+		e.next--
+	}
+	if e.next >= e.n {
+		e.next = 0
+	}
+}
+
 type shard struct {
 	mu      sync.Mutex
-	index   map[Key]int // key -> position in entries
-	entries []entry     // grows to capacity, then slots are reused
-	free    []int       // positions of removed entries
-	hand    int         // CLOCK hand
+	index   map[slot]int // key -> position in entries
+	entries []entry      // grows to capacity, then slots are reused
+	free    []int        // positions of removed entries
+	hand    int          // CLOCK hand
 	cap     int
 
 	hits, misses, evictions, expired, stalePuts uint64
@@ -120,7 +172,7 @@ func New(opts Options) *Cache {
 	per := opts.Size / n // floor: the total never exceeds Size
 	for i := range c.shards {
 		c.shards[i].cap = per
-		c.shards[i].index = make(map[Key]int, per)
+		c.shards[i].index = make(map[slot]int, per)
 	}
 	return c
 }
@@ -143,38 +195,94 @@ func hash(k Key) uint64 {
 	return h
 }
 
-func (c *Cache) shard(k Key) *shard { return &c.shards[hash(k)&c.mask] }
+// pairOf is the slot of k's address pair ranges.
+func pairOf(k Key) slot {
+	k.DstPort = 0
+	return slot{Key: k, ranged: true}
+}
+
+// shard returns the shard that holds sl.
+func (c *Cache) shard(sl slot) *shard {
+	h := hash(sl.Key)
+	if sl.ranged {
+		h = bits.RotateLeft64(h, 1)
+	}
+	return &c.shards[h&c.mask]
+}
 
 // Get returns the cached verdict for k; ok is false on a miss, including
 // for entries that expired or belong to an older generation.
 func (c *Cache) Get(k Key) (allow, ok bool) {
-	s := c.shard(k)
 	now := c.now().UnixNano()
 	gen := c.gen.Load()
+	if allow, ok := c.lookup(slot{Key: k}, k.DstPort, gen, now, false); ok {
+		return allow, true
+	}
+	return c.lookup(pairOf(k), k.DstPort, gen, now, true)
+}
+
+// lookup finds the answer of entry sl for port, removing it (and the entry
+// when it was its last) if it is stale; last counts a miss.
+func (c *Cache) lookup(sl slot, port uint16, gen uint64, now int64, last bool) (allow, ok bool) {
+	s := c.shard(sl)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, found := s.index[k]
-	if !found {
+	if allow, ok := s.lookup(sl, port, gen, now); ok {
+		s.hits++
+		return allow, true
+	}
+	if last {
 		s.misses++
+	}
+	return false, false
+}
+
+// lookup is Cache.lookup within s, which the caller has locked.
+func (s *shard) lookup(sl slot, port uint16, gen uint64, now int64) (allow, ok bool) {
+	i, found := s.index[sl]
+	if !found {
 		return false, false
 	}
 	e := &s.entries[i]
-	if e.gen < gen || now >= e.expires {
-		s.remove(i)
-		s.expired++
-		s.misses++
-		return false, false
+	for j := range e.n {
+		a := &e.answers[j]
+		if port < a.lo || port > a.hi {
+			continue
+		}
+		if a.stale(gen, now) {
+			e.drop(j)
+			s.expired++
+			if e.n == 0 {
+				s.remove(i)
+			}
+			return false, false
+		}
+		e.ref = true
+		return a.allow, true
 	}
-	e.ref = true
-	s.hits++
-	return e.allow, true
+	return false, false
 }
 
 // Put stores the verdict allow for k, decided at generation gen. A verdict
 // of an older generation than the current one is ignored.
 func (c *Cache) Put(k Key, allow bool, gen uint64) {
-	s := c.shard(k)
-	expires := c.now().Add(c.ttl).UnixNano()
+	c.PutRange(k, k.DstPort, k.DstPort, allow, gen)
+}
+
+// PutRange stores the verdict allow, decided at generation gen, for k and
+// every destination port from lo to hi with the rest of k alike. A range
+// that does not contain k.DstPort stores k's port alone. A verdict of an
+// older generation than the current one is ignored.
+func (c *Cache) PutRange(k Key, lo, hi uint16, allow bool, gen uint64) {
+	sl := slot{Key: k}
+	if lo == hi || k.DstPort < lo || k.DstPort > hi {
+		lo, hi = k.DstPort, k.DstPort
+	} else {
+		sl = pairOf(k)
+	}
+	s := c.shard(sl)
+	now := c.now().UnixNano()
+	a := answer{lo: lo, hi: hi, allow: allow, gen: gen, expires: now + int64(c.ttl)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// A Put racing with Invalidate may still store an entry of the old
@@ -187,8 +295,26 @@ func (c *Cache) Put(k Key, allow bool, gen uint64) {
 	if s.cap == 0 {
 		return
 	}
-	if i, found := s.index[k]; found {
-		s.entries[i] = entry{key: k, allow: allow, gen: gen, expires: expires, ref: true}
+	if i, found := s.index[sl]; found {
+		e := &s.entries[i]
+		e.ref = true
+		// Ranges of one pair never overlap: a new one replaces those it
+		// meets, and stale ones go too.
+		for j := uint8(0); j < e.n; {
+			o := &e.answers[j]
+			if (o.lo <= hi && lo <= o.hi) || o.stale(cur, now) {
+				e.drop(j)
+				continue
+			}
+			j++
+		}
+		if e.n < rangesPerEntry {
+			e.answers[e.n] = a
+			e.n++
+			return
+		}
+		e.answers[e.next] = a
+		e.next = (e.next + 1) % rangesPerEntry
 		return
 	}
 	var i int
@@ -200,21 +326,23 @@ func (c *Cache) Put(k Key, allow bool, gen uint64) {
 		s.entries = append(s.entries, entry{})
 		i = len(s.entries) - 1
 	default:
-		i = s.victim(cur, c.now().UnixNano())
+		i = s.victim(cur, now)
 	}
-	s.entries[i] = entry{key: k, allow: allow, gen: gen, expires: expires}
-	s.index[k] = i
+	s.entries[i] = entry{key: sl, n: 1}
+	s.entries[i].answers[0] = a
+	s.index[sl] = i
 }
 
-// victim frees and returns a slot of a full shard: the first stale or
-// expired entry the CLOCK hand meets, else the first unreferenced one.
+// victim frees and returns a slot of a full shard: the first entry the
+// CLOCK hand meets with nothing but stale or expired answers, else the
+// first unreferenced one.
 func (s *shard) victim(gen uint64, now int64) int {
 	// Two sweeps always find a victim: the first clears every reference bit.
 	for range 2 * len(s.entries) {
 		i := s.hand
 		s.hand = (s.hand + 1) % len(s.entries)
 		e := &s.entries[i]
-		if e.gen < gen || now >= e.expires {
+		if !e.live(gen, now) {
 			s.expired++
 			delete(s.index, e.key)
 			return i
@@ -269,13 +397,15 @@ func (c *Cache) Advance(gen uint64, changed func(netip.Addr) bool) {
 		s.mu.Lock()
 		for _, j := range s.index {
 			e := &s.entries[j]
-			switch {
-			case e.gen != cur:
-			case changed(e.key.Src) || changed(e.key.Dst):
+			if changed(e.key.Src) || changed(e.key.Dst) {
 				s.remove(j)
 				s.expired++
-			default:
-				e.gen = gen
+				continue
+			}
+			for k := range e.n {
+				if a := &e.answers[k]; a.gen == cur {
+					a.gen = gen
+				}
 			}
 		}
 		s.mu.Unlock()
@@ -305,7 +435,8 @@ func (c *Cache) Reset(gen uint64) {
 func (c *Cache) Generation() uint64 { return c.gen.Load() }
 
 // Len returns the number of stored entries, including stale ones not yet
-// removed.
+// removed: one per port answered alone, one per address pair with port
+// ranges.
 func (c *Cache) Len() int {
 	n := 0
 	for i := range c.shards {

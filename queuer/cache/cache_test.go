@@ -303,3 +303,111 @@ func TestAdvance(t *testing.T) {
 		t.Error("Advance to the current generation dropped entries")
 	}
 }
+
+// at returns k with another destination port.
+func at(k Key, port uint16) Key {
+	k.DstPort = port
+	return k
+}
+
+func TestRanges(t *testing.T) {
+	clk := &clock{}
+	c := New(Options{Size: 64, Shards: 4, TTL: time.Minute, Now: clk.now})
+	k := at(key(1), 15000)
+	c.PutRange(k, 10000, 20000, true, 0)
+	for _, p := range []uint16{10000, 15000, 17777, 20000} {
+		if allow, ok := c.Get(at(k, p)); !ok || !allow {
+			t.Errorf("port %d in the range: %v %v, want an allow hit", p, allow, ok)
+		}
+	}
+	for _, p := range []uint16{9999, 20001, 80} {
+		if _, ok := c.Get(at(k, p)); ok {
+			t.Errorf("port %d outside the range hit", p)
+		}
+	}
+	// Another pair, protocol or via_service does not share the range.
+	for _, other := range []Key{at(key(2), 15000), {Src: k.Src, Dst: k.Dst, Proto: 17, DstPort: 15000},
+		{Src: k.Src, Dst: k.Dst, Proto: 6, DstPort: 15000, ViaService: true}} {
+		if _, ok := c.Get(other); ok {
+			t.Errorf("%+v hit the range of %+v", other, k)
+		}
+	}
+	// A port's own answer comes first.
+	c.Put(at(k, 12345), false, 0)
+	if allow, ok := c.Get(at(k, 12345)); !ok || allow {
+		t.Errorf("port with an answer of its own: %v %v, want a deny hit", allow, ok)
+	}
+	// A range that overlaps replaces the old one.
+	c.PutRange(at(k, 19000), 18000, 25000, false, 0)
+	if allow, ok := c.Get(at(k, 24000)); !ok || allow {
+		t.Errorf("new range: %v %v, want a deny hit", allow, ok)
+	}
+	if _, ok := c.Get(at(k, 15000)); ok {
+		t.Error("the range that the new one overlapped still answers")
+	}
+	// Up to rangesPerEntry disjoint ranges stay; one more replaces the
+	// oldest.
+	for i := range uint16(rangesPerEntry) {
+		lo := 30000 + 100*i
+		c.PutRange(at(k, lo), lo, lo+9, true, 0)
+	}
+	if _, ok := c.Get(at(k, 24000)); ok {
+		t.Error("the oldest range survived one range too many")
+	}
+	for i := range uint16(rangesPerEntry) {
+		if _, ok := c.Get(at(k, 30005+100*i)); !ok {
+			t.Errorf("range %d of %d was dropped", i+1, rangesPerEntry)
+		}
+	}
+	// A range without the port stores the port alone.
+	c.PutRange(at(k, 50000), 1, 10, true, 0)
+	if _, ok := c.Get(at(k, 5)); ok {
+		t.Error("a range that does not contain its port was stored")
+	}
+	if _, ok := c.Get(at(k, 50000)); !ok {
+		t.Error("the port of a range that does not contain it was not stored")
+	}
+	// Generations and the TTL apply per range.
+	c.Invalidate(1)
+	if _, ok := c.Get(at(k, 30005)); ok {
+		t.Error("a range of an older generation answered")
+	}
+	c.PutRange(at(k, 30005), 30000, 30009, true, 0)
+	if _, ok := c.Get(at(k, 30005)); ok || c.Stats().StalePuts != 1 {
+		t.Errorf("a range of an older generation was stored (stale puts %d)", c.Stats().StalePuts)
+	}
+	c.PutRange(at(k, 30005), 30000, 30009, true, 1)
+	if _, ok := c.Get(at(k, 30009)); !ok {
+		t.Error("a range of the current generation does not answer")
+	}
+	clk.advance(2 * time.Minute)
+	if _, ok := c.Get(at(k, 30009)); ok {
+		t.Error("an expired range answered")
+	}
+}
+
+func TestAdvanceRanges(t *testing.T) {
+	c := New(Options{Size: 64})
+	c.PutRange(at(key(1), 100), 1, 1000, true, 0)     // src 10.0.0.1: changed below
+	c.PutRange(at(key(2), 100), 1, 1000, false, 0)    // unchanged
+	c.PutRange(at(key(2), 2000), 1001, 3000, true, 0) // unchanged, a second range
+	changed := netip.MustParseAddr("10.0.0.1")
+	c.Advance(1, func(a netip.Addr) bool { return a == changed })
+	if _, ok := c.Get(at(key(1), 500)); ok {
+		t.Error("the ranges of a changed address survived Advance")
+	}
+	if allow, ok := c.Get(at(key(2), 500)); !ok || allow {
+		t.Errorf("an unaffected range: %v %v, want the cached deny", allow, ok)
+	}
+	if allow, ok := c.Get(at(key(2), 2500)); !ok || !allow {
+		t.Errorf("an unaffected second range: %v %v, want the cached allow", allow, ok)
+	}
+}
+
+func TestGetRangeDoesNotAllocate(t *testing.T) {
+	c := New(Options{Size: 64})
+	c.PutRange(key(1), 1, 1000, true, 0)
+	if n := testing.AllocsPerRun(100, func() { c.Get(at(key(1), 500)); c.Get(at(key(1), 5000)) }); n != 0 {
+		t.Errorf("Get allocates %v times", n)
+	}
+}

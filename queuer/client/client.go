@@ -63,6 +63,19 @@ type Result struct {
 	// Explanations are the decider's, when the query asked for them and the
 	// decider gives them: one per evaluated direction.
 	Explanations []*tollgatev1.Explanation
+	// PortMin and PortMax are the decider's dst_port_min and dst_port_max,
+	// as sent; PortRange checks them.
+	PortMin, PortMax uint32
+}
+
+// PortRange returns the destination ports the verdict holds for, given the
+// queried port: the decider's range when it sent one that contains port,
+// else port alone.
+func (r Result) PortRange(port uint16) (lo, hi uint16) {
+	if r.PortMin > uint32(port) || r.PortMax < uint32(port) || r.PortMax > 65535 {
+		return port, port
+	}
+	return uint16(r.PortMin), uint16(r.PortMax)
 }
 
 // WatchUpdate is one announcement of the decider's state.
@@ -481,10 +494,9 @@ func protocol(p uint8) tollgatev1.Protocol {
 
 func fromProto(r *tollgatev1.Result) reply {
 	switch r.GetVerdict() {
-	case tollgatev1.Verdict_VERDICT_ALLOW:
-		return reply{res: Result{Allow: true, Generation: r.GetGeneration(), Explanations: r.GetExplanations()}}
-	case tollgatev1.Verdict_VERDICT_DENY:
-		return reply{res: Result{Allow: false, Generation: r.GetGeneration(), Explanations: r.GetExplanations()}}
+	case tollgatev1.Verdict_VERDICT_ALLOW, tollgatev1.Verdict_VERDICT_DENY:
+		return reply{res: Result{Allow: r.GetVerdict() == tollgatev1.Verdict_VERDICT_ALLOW, Generation: r.GetGeneration(),
+			Explanations: r.GetExplanations(), PortMin: r.GetDstPortMin(), PortMax: r.GetDstPortMax()}}
 	default:
 		return reply{err: fmt.Errorf("client: decider rejected query: %s", r.GetError())}
 	}

@@ -69,7 +69,8 @@ func (f *fakeDecider) answer(q *tollgatev1.Query) *tollgatev1.Result {
 	if len(q.GetSrcAddr()) != len(q.GetDstAddr()) || q.GetProtocol() == tollgatev1.Protocol_PROTOCOL_UNSPECIFIED {
 		return &tollgatev1.Result{Id: q.GetId(), Error: "bad query"}
 	}
-	r := &tollgatev1.Result{Id: q.GetId(), Verdict: v, Generation: f.gen}
+	// The verdict changes with every port: its range is the port alone.
+	r := &tollgatev1.Result{Id: q.GetId(), Verdict: v, Generation: f.gen, DstPortMin: q.GetDstPort(), DstPortMax: q.GetDstPort()}
 	if q.GetExplain() != tollgatev1.Explain_EXPLAIN_UNSPECIFIED {
 		r.Explanations = []*tollgatev1.Explanation{{Reason: "asked " + q.GetExplain().String()}}
 	}
@@ -493,7 +494,7 @@ func TestFramedStream(t *testing.T) {
 		for port := range uint16(20) {
 			wg.Go(func() {
 				res, err := c.Decide(ctx, query(port))
-				if err != nil || res.Allow != (port%2 == 0) || res.Generation != want {
+				if err != nil || res.Allow != (port%2 == 0) || res.Generation != want || res.PortMin != uint32(port) || res.PortMax != uint32(port) {
 					t.Errorf("port %d: %+v, %v; want generation %d", port, res, err, want)
 				}
 			})
@@ -670,5 +671,29 @@ func TestPool(t *testing.T) {
 	}
 	if got := f.queries.Load(); got != 2*pairs {
 		t.Errorf("decider saw %d queries, want %d", got, 2*pairs)
+	}
+}
+
+func TestResultPortRange(t *testing.T) {
+	tests := []struct {
+		min, max uint32
+		port     uint16
+		lo, hi   uint16
+	}{
+		{0, 0, 80, 80, 80},       // no range sent
+		{0, 65535, 80, 0, 65535}, // every port
+		{80, 80, 80, 80, 80},     // the port alone
+		{10000, 20000, 15000, 10000, 20000},
+		{10000, 20000, 9999, 9999, 9999},    // does not contain the port: ignored
+		{10000, 20000, 20001, 20001, 20001}, // idem
+		{20000, 10000, 15000, 15000, 15000}, // inverted
+		{0, 70000, 80, 80, 80},              // beyond port numbers
+		{0, 0, 0, 0, 0},
+	}
+	for _, tc := range tests {
+		lo, hi := Result{PortMin: tc.min, PortMax: tc.max}.PortRange(tc.port)
+		if lo != tc.lo || hi != tc.hi {
+			t.Errorf("range %d-%d, port %d: got %d-%d, want %d-%d", tc.min, tc.max, tc.port, lo, hi, tc.lo, tc.hi)
+		}
 	}
 }

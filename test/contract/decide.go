@@ -68,6 +68,45 @@ func checkExplanations(k *kit, c *checker) {
 	}
 }
 
+// checkPortRanges checks the destination port ranges Decide gives: each
+// contains the asked port, and Decide at both its ends gives the same
+// verdict. Ranges are optional: a decider that gives none passes.
+func checkPortRanges(k *kit, c *checker) {
+	probes, answers := k.initial(c)
+	ranges, asked := 0, 0
+	for i, p := range probes {
+		a := answers[i]
+		if a.err != nil || p.proto == tollgatev1.Protocol_PROTOCOL_ICMP {
+			continue
+		}
+		lo, hi := a.resp.GetDstPortMin(), a.resp.GetDstPortMax()
+		if lo == 0 && hi == 0 {
+			continue
+		}
+		ranges++
+		if lo > p.port || hi < p.port || hi > 65535 {
+			c.errorf("%s: ports %d-%d do not contain the asked port", p.what, lo, hi)
+			continue
+		}
+		for _, port := range []uint32{lo, hi} {
+			if port == p.port {
+				continue
+			}
+			q := p
+			q.port = port
+			asked++
+			r, err := k.decide(q)
+			switch {
+			case err != nil:
+				c.errorf("%s at port %d: %v", p.what, port, describe(err))
+			case r.GetVerdict() != a.resp.GetVerdict():
+				c.errorf("%s: %v for ports %d-%d, but %v at port %d", p.what, a.resp.GetVerdict(), lo, hi, r.GetVerdict(), port)
+			}
+		}
+	}
+	c.notef("%d answers gave a port range; %d of their ends asked", ranges, asked)
+}
+
 // explained checks the explanations of one answer.
 func explained(c *checker, p probe, r *tollgatev1.DecideResponse) {
 	exps := r.GetExplanations()

@@ -41,6 +41,7 @@ var Requirements = []Requirement{
 	{"health", `gRPC health: Check says SERVING for "" and tollgate.v1.DeciderService, NOT_FOUND for an unknown service; Watch streams SERVING`, checkHealth},
 	{"decide-verdicts", "Decide gives every expected verdict, over each address family, with a generation; a pod reaching its own address directly is allowed", checkVerdicts},
 	{"decide-explanations", "Decide explains each evaluated direction once (egress of a source pod, ingress of a destination pod), naming the pod and a tier, and the explanations agree with the verdict", checkExplanations},
+	{"decide-port-ranges", "where Decide gives a destination port range (dst_port_min, dst_port_max), it contains the asked port and Decide gives the same verdict at both its ends", checkPortRanges},
 	{"decide-invalid", "Decide answers malformed requests with InvalidArgument naming the field", checkInvalid},
 	{"decide-stream", "DecideStream answers pipelined batches: every query id once, with Decide's verdict and a generation; a malformed query gets an error result and the stream stays open", checkStream},
 	{"watch-initial", "Watch starts with the current generation, the instance and changed_all, and the node's selected addresses (4 or 16 bytes, sorted); Decide answers at that generation; a node without pods has none", checkWatchInitial},

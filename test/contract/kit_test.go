@@ -31,6 +31,7 @@ const (
 	noHealth             // no health service at all
 	wrongVerdict         // one connection's verdict inverted, before any change
 	noExplanations       // Decide explains nothing
+	wideRanges           // Decide says every verdict holds for every port
 	acceptsBadInput      // malformed requests get an answer
 	dropsBadQuery        // DecideStream skips malformed queries
 	unsortedSelected     // Watch lists addresses out of order
@@ -121,6 +122,9 @@ func (f *fake) Decide(_ context.Context, r *tollgatev1.DecideRequest) (*tollgate
 	k := key{src, dst, r.GetProtocol(), r.GetDstPort(), r.GetViaService()}
 	allow, known := f.verdict[k]
 	resp := &tollgatev1.DecideResponse{Verdict: verdictOf(allow || !known), Generation: f.generation()}
+	if f.bug == wideRanges {
+		resp.DstPortMin, resp.DstPortMax = 0, 65535
+	}
 	if f.bug == noExplanations || src == dst && !r.GetViaService() {
 		return resp, nil
 	}
@@ -267,6 +271,7 @@ func TestKitFindsEachBug(t *testing.T) {
 		{"no health", noHealth, []string{"health"}},
 		{"a wrong verdict", wrongVerdict, []string{"decide-verdicts", "decide-stream"}},
 		{"no explanations", noExplanations, []string{"decide-explanations"}},
+		{"port ranges too wide", wideRanges, []string{"decide-port-ranges"}},
 		{"accepts bad input", acceptsBadInput, []string{"decide-invalid"}},
 		{"drops a bad query", dropsBadQuery, []string{"decide-stream"}},
 		{"unsorted selected", unsortedSelected, []string{"watch-initial", "watch-change"}},

@@ -642,3 +642,58 @@ func TestForeignMarkBits(t *testing.T) {
 	n.check(probe{"a", "b", netsim.TCP, false, true}, probe{"c", "b", netsim.TCP, false, false},
 		probe{"a", "b", netsim.UDP, false, true}, probe{"c", "b", netsim.UDP, false, false})
 }
+
+// portRangePolicy admits x to y on TCP ports 1000-1999.
+const portRangePolicy = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: range, namespace: "y"}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: x}}}]
+    ports: [{port: 1000, endPort: 1999, protocol: TCP}]
+`
+
+// TestPortRangeAnswers: the decider says over which ports its verdict
+// holds, and the queuer answers new connections of the same pair of pods
+// to other ports of that range from its cache: ten new tuples, allowed or
+// denied, take one decider round trip each way, unless the range answers
+// are turned off.
+func TestPortRangeAnswers(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("cache-port-ranges=%v", on), func(t *testing.T) {
+			n := newNode(t)
+			for port := range uint16(10) {
+				if err := n.topo.ServeTCP(n.pods["b"], 1000+port); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n.start(portRangePolicy, false, fmt.Sprintf("--cache-port-ranges=%v", on))
+			n.eventually("ready", 10*time.Second, func() bool { return n.readyz() == 200 })
+			for _, tc := range []struct {
+				proto netsim.Proto
+				first uint16
+				want  bool
+			}{{netsim.TCP, 1000, true}, {netsim.UDP, 3000, false}} {
+				before := n.metric("tollgate_decider_rtt_seconds_count")
+				for port := range uint16(10) {
+					ok, err := netsim.Probe(n.pods["a"], n.pods["b"].IPv4, tc.first+port, tc.proto, time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if ok != tc.want {
+						t.Errorf("x/a -> y/b:%d/%s reachable=%v, want %v", tc.first+port, tc.proto, ok, tc.want)
+					}
+				}
+				want := 1.0
+				if !on {
+					want = 10
+				}
+				if got := n.metric("tollgate_decider_rtt_seconds_count") - before; got != want {
+					t.Errorf("%s: 10 new tuples took %v decider round trips, want %v", tc.proto, got, want)
+				}
+			}
+		})
+	}
+}

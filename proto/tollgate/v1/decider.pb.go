@@ -481,7 +481,10 @@ type DecideResponse struct {
 	// explanations holds one entry per direction evaluated: egress when the
 	// source is a known pod, ingress when the destination is a known pod.
 	// Endpoints that are not pods are external and have no entry.
-	Explanations  []*Explanation `protobuf:"bytes,3,rep,name=explanations,proto3" json:"explanations,omitempty"`
+	Explanations []*Explanation `protobuf:"bytes,3,rep,name=explanations,proto3" json:"explanations,omitempty"`
+	// dst_port_min and dst_port_max: see Result.dst_port_min.
+	DstPortMin    uint32 `protobuf:"varint,4,opt,name=dst_port_min,json=dstPortMin,proto3" json:"dst_port_min,omitempty"`
+	DstPortMax    uint32 `protobuf:"varint,5,opt,name=dst_port_max,json=dstPortMax,proto3" json:"dst_port_max,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -535,6 +538,20 @@ func (x *DecideResponse) GetExplanations() []*Explanation {
 		return x.Explanations
 	}
 	return nil
+}
+
+func (x *DecideResponse) GetDstPortMin() uint32 {
+	if x != nil {
+		return x.DstPortMin
+	}
+	return 0
+}
+
+func (x *DecideResponse) GetDstPortMax() uint32 {
+	if x != nil {
+		return x.DstPortMax
+	}
+	return 0
 }
 
 // Explanation says why one direction was allowed or denied.
@@ -1042,7 +1059,17 @@ type Result struct {
 	// decider gives them, are those DecideResponse.explanations would hold:
 	// one per evaluated direction, naming the pod, tier, policy and rule.
 	// Deciders may leave them out; clients must work without them.
-	Explanations  []*Explanation `protobuf:"bytes,5,rep,name=explanations,proto3" json:"explanations,omitempty"`
+	Explanations []*Explanation `protobuf:"bytes,5,rep,name=explanations,proto3" json:"explanations,omitempty"`
+	// dst_port_min and dst_port_max, unless both are zero, say that the
+	// verdict holds for every destination port from dst_port_min to
+	// dst_port_max inclusive, the queried port among them, with the rest of
+	// the query unchanged, for as long as this generation is in force: a
+	// client may keep one answer for the whole range. Both zero, as from a
+	// decider that does not compute ranges, means the queried port only; so
+	// does a range that does not contain the queried port, which is a broken
+	// answer. Ports are ignored for PROTOCOL_ICMP.
+	DstPortMin    uint32 `protobuf:"varint,6,opt,name=dst_port_min,json=dstPortMin,proto3" json:"dst_port_min,omitempty"`
+	DstPortMax    uint32 `protobuf:"varint,7,opt,name=dst_port_max,json=dstPortMax,proto3" json:"dst_port_max,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1110,6 +1137,20 @@ func (x *Result) GetExplanations() []*Explanation {
 		return x.Explanations
 	}
 	return nil
+}
+
+func (x *Result) GetDstPortMin() uint32 {
+	if x != nil {
+		return x.DstPortMin
+	}
+	return 0
+}
+
+func (x *Result) GetDstPortMax() uint32 {
+	if x != nil {
+		return x.DstPortMax
+	}
+	return 0
 }
 
 // WatchRequest subscribes to state changes.
@@ -1463,13 +1504,17 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"\bsrc_port\x18\x04 \x01(\rR\asrcPort\x12\x19\n" +
 	"\bdst_port\x18\x05 \x01(\rR\adstPort\x12\x1f\n" +
 	"\vvia_service\x18\x06 \x01(\bR\n" +
-	"viaService\"\x9e\x01\n" +
+	"viaService\"\xe2\x01\n" +
 	"\x0eDecideResponse\x12.\n" +
 	"\averdict\x18\x01 \x01(\x0e2\x14.tollgate.v1.VerdictR\averdict\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12<\n" +
-	"\fexplanations\x18\x03 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\"\xf8\x02\n" +
+	"\fexplanations\x18\x03 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\x12 \n" +
+	"\fdst_port_min\x18\x04 \x01(\rR\n" +
+	"dstPortMin\x12 \n" +
+	"\fdst_port_max\x18\x05 \x01(\rR\n" +
+	"dstPortMax\"\xf8\x02\n" +
 	"\vExplanation\x124\n" +
 	"\tdirection\x18\x01 \x01(\x0e2\x16.tollgate.v1.DirectionR\tdirection\x12%\n" +
 	"\x03pod\x18\x02 \x01(\v2\x13.tollgate.v1.PodRefR\x03pod\x12%\n" +
@@ -1502,7 +1547,7 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"viaService\x12.\n" +
 	"\aexplain\x18\a \x01(\x0e2\x14.tollgate.v1.ExplainR\aexplain\"E\n" +
 	"\x14DecideStreamResponse\x12-\n" +
-	"\aresults\x18\x01 \x03(\v2\x13.tollgate.v1.ResultR\aresults\"\xbc\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x13.tollgate.v1.ResultR\aresults\"\x80\x02\n" +
 	"\x06Result\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\averdict\x18\x02 \x01(\x0e2\x14.tollgate.v1.VerdictR\averdict\x12\x1e\n" +
@@ -1510,7 +1555,11 @@ const file_tollgate_v1_decider_proto_rawDesc = "" +
 	"generation\x18\x03 \x01(\x04R\n" +
 	"generation\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12<\n" +
-	"\fexplanations\x18\x05 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\"+\n" +
+	"\fexplanations\x18\x05 \x03(\v2\x18.tollgate.v1.ExplanationR\fexplanations\x12 \n" +
+	"\fdst_port_min\x18\x06 \x01(\rR\n" +
+	"dstPortMin\x12 \n" +
+	"\fdst_port_max\x18\a \x01(\rR\n" +
+	"dstPortMax\"+\n" +
 	"\fWatchRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\x86\x02\n" +
 	"\rWatchResponse\x12\x1e\n" +
