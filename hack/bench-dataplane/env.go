@@ -250,6 +250,8 @@ func (e *env) enforcer(n *node) bench.Enforcer {
 		return &bench.AcceptAll{Node: n.node, Bin: e.bins, Selected: selected, Queues: runtime.NumCPU()}
 	case "tollgate":
 		return &bench.Tollgate{Node: n.node, Bin: e.bins}
+	case "tollgate-exact":
+		return &bench.Tollgate{Node: n.node, Bin: e.bins, Label: n.variant, QueuerArgs: []string{"--cache-port-ranges=false"}}
 	case "knp-standard":
 		return &bench.KNP{Node: n.node, Command: "standard", Bin: e.bins.KNPStandard}
 	case "knp-npa-v1alpha2":

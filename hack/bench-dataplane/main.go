@@ -11,6 +11,8 @@
 //   - accept-all: the packets Tollgate would queue, queued the same way to
 //     a program that accepts each at once (the limit of queueing);
 //   - tollgate: the decider and queuer;
+//   - tollgate-exact: the same with --cache-port-ranges=false, so that
+//     every new tuple of the "new" workload goes to the decider;
 //   - knp-standard, knp-npa-v1alpha2: kube-network-policies' own agents,
 //     built from the Go module proxy by hack/bench-knp/agent.sh.
 //
@@ -18,7 +20,9 @@
 // port (Tollgate answers from its kernel verdict cache), "new" gives every
 // connection a destination port never used before in that variant's run
 // (a redirect in the server pod sends them all to one listener), so each
-// one reaches Tollgate's decider. Before anything is timed, every variant's
+// one is queued; tollgate-exact asks its decider about each, tollgate only
+// about the first of each pair of pods within a port range its decider
+// gave (the policy admits a range). Before anything is timed, every variant's
 // verdicts on allowed and denied probes of the measured traffic are checked.
 // See docs/performance.md.
 package main
@@ -60,7 +64,7 @@ type shape struct{ clients, conns, first int }
 func (s shape) String() string { return fmt.Sprintf("%d×%d", s.clients, s.conns) }
 
 // allVariants are the variants in their default order.
-var allVariants = []string{"none", "accept-all", "tollgate", "knp-standard", "knp-npa-v1alpha2"}
+var allVariants = []string{"none", "accept-all", "tollgate", "tollgate-exact", "knp-standard", "knp-npa-v1alpha2"}
 
 func parseFlags(args []string) (config, error) {
 	var c config

@@ -207,37 +207,63 @@ func writeTargets(b *strings.Builder, cfg config, t table, p int) {
 			fmt.Fprintf(b, "| %s | %s |\n", name, strings.Join(parts, "; "))
 		}
 	}
-	tg := func(wl string, sh shape) key {
-		return key{policies: p, variant: "tollgate", workload: wl, shape: sh.String()}
+	at := func(variant, wl string, sh shape) key {
+		return key{policies: p, variant: variant, workload: wl, shape: sh.String()}
 	}
+	exact := slices.Contains(cfg.variants, exactVariant)
 	row("repeated tuples ≥ 0.90× none", func(sh shape) bench.Spread {
-		return t.over(cfg.rounds, tg(repeated, sh), t.ratioTo("none"))
+		return t.over(cfg.rounds, at("tollgate", repeated, sh), t.ratioTo("none"))
 	}, "%.2f×")
 	row("new tuples ≥ 0.80× accept-all", func(sh shape) bench.Spread {
-		return t.over(cfg.rounds, tg(fresh, sh), t.ratioTo("accept-all"))
+		return t.over(cfg.rounds, at("tollgate", fresh, sh), t.ratioTo("accept-all"))
 	}, "%.2f×")
+	if exact {
+		row("new tuples ≥ 0.80× accept-all, "+exactVariant+" (every one to the decider)", func(sh shape) bench.Spread {
+			return t.over(cfg.rounds, at(exactVariant, fresh, sh), t.ratioTo("accept-all"))
+		}, "%.2f×")
+	}
 	for _, knp := range []string{"knp-standard", "knp-npa-v1alpha2"} {
 		if !slices.Contains(cfg.variants, knp) {
 			continue
 		}
 		for _, wl := range workloads {
 			row(fmt.Sprintf("%s tuples: ahead of %s (Tollgate ÷ it)", wl, knp), func(sh shape) bench.Spread {
-				return t.over(cfg.rounds, tg(wl, sh), t.ratioTo(knp))
+				return t.over(cfg.rounds, at("tollgate", wl, sh), t.ratioTo(knp))
+			}, "%.2f×")
+		}
+		if exact {
+			row(fmt.Sprintf("new tuples: %s ÷ %s", exactVariant, knp), func(sh shape) bench.Spread {
+				return t.over(cfg.rounds, at(exactVariant, fresh, sh), t.ratioTo(knp))
 			}, "%.2f×")
 		}
 	}
-	row("p99 connect added by a decider round trip ≤ 0.200 ms (new tuples, p99 − none's p99)", func(sh shape) bench.Spread {
-		return t.over(cfg.rounds, tg(fresh, sh), func(c cell, k key) (float64, bool) {
-			k.variant = "none"
-			n, ok := t[k]
-			if !ok || c.Conns == 0 || n.Conns == 0 {
-				return 0, false
-			}
-			return bench.Millis(c.P99 - n.P99), true
-		})
+	p99Added := func(c cell, k key) (float64, bool) {
+		k.variant = "none"
+		n, ok := t[k]
+		if !ok || c.Conns == 0 || n.Conns == 0 {
+			return 0, false
+		}
+		return bench.Millis(c.P99 - n.P99), true
+	}
+	// Only the variant without port ranges makes every new tuple a
+	// decider round trip.
+	rtt := "tollgate"
+	if exact {
+		rtt = exactVariant
+	}
+	row("p99 connect added by a decider round trip ≤ 0.200 ms (new tuples, "+rtt+", p99 − none's p99)", func(sh shape) bench.Spread {
+		return t.over(cfg.rounds, at(rtt, fresh, sh), p99Added)
 	}, "%.3f ms")
+	if exact {
+		row("p99 connect added on new tuples, tollgate (p99 − none's p99)", func(sh shape) bench.Spread {
+			return t.over(cfg.rounds, at("tollgate", fresh, sh), p99Added)
+		}, "%.3f ms")
+	}
 	b.WriteString("\n")
 }
+
+// exactVariant is Tollgate without port-range answers.
+const exactVariant = "tollgate-exact"
 
 // writeTollgateCost reports the queuer's and decider's CPU per 1,000 new
 // connections a second and their memory.
@@ -247,7 +273,7 @@ func writeTollgateCost(b *strings.Builder, cfg config, t table, p int) {
 	}
 	b.WriteString("Tollgate's processes under the new-tuple load: CPU in cores per 1,000 new conn/s " +
 		"(queuer with the nft processes it starts, their share in brackets), and RSS at the end of the run.\n\n" +
-		"| load | queuer CPU / 1k conn/s | nft share | decider CPU / 1k conn/s | queuer RSS MB | decider RSS MB |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+		"| variant | load | queuer CPU / 1k conn/s | nft share | decider CPU / 1k conn/s | queuer RSS MB | decider RSS MB |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
 	per1k := func(proc string, child bool) func(cell, key) (float64, bool) {
 		return func(c cell, _ key) (float64, bool) {
 			m := c.CPU
@@ -267,14 +293,19 @@ func writeTollgateCost(b *strings.Builder, cfg config, t table, p int) {
 			return float64(v) / 1e6, ok
 		}
 	}
-	for _, sh := range cfg.shapes {
-		k := key{policies: p, variant: "tollgate", workload: fresh, shape: sh.String()}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", sh,
-			t.over(cfg.rounds, k, per1k("queuer", false)).Format("%.2f"),
-			t.over(cfg.rounds, k, per1k("queuer", true)).Format("%.2f"),
-			t.over(cfg.rounds, k, per1k("decider", false)).Format("%.2f"),
-			t.over(cfg.rounds, k, rss("queuer")).Format("%.0f"),
-			t.over(cfg.rounds, k, rss("decider")).Format("%.0f"))
+	for _, v := range []string{"tollgate", exactVariant} {
+		if !slices.Contains(cfg.variants, v) {
+			continue
+		}
+		for _, sh := range cfg.shapes {
+			k := key{policies: p, variant: v, workload: fresh, shape: sh.String()}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s |\n", v, sh,
+				t.over(cfg.rounds, k, per1k("queuer", false)).Format("%.2f"),
+				t.over(cfg.rounds, k, per1k("queuer", true)).Format("%.2f"),
+				t.over(cfg.rounds, k, per1k("decider", false)).Format("%.2f"),
+				t.over(cfg.rounds, k, rss("queuer")).Format("%.0f"),
+				t.over(cfg.rounds, k, rss("decider")).Format("%.0f"))
+		}
 	}
 	b.WriteString("\n")
 }

@@ -209,7 +209,9 @@ func (e *env) phase(ctx context.Context, policies int, machine *bench.Machine) (
 
 // enforcing reports whether variant v applies policy (else every probe
 // must pass).
-func enforcing(v string) bool { return v == "tollgate" || strings.HasPrefix(v, "knp-") }
+func enforcing(v string) bool {
+	return strings.HasPrefix(v, "tollgate") || strings.HasPrefix(v, "knp-")
+}
 
 // checkVerdicts probes allowed and denied connections of the measured
 // traffic on node n until every one gives the verdict the policies call

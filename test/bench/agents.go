@@ -143,6 +143,10 @@ type Tollgate struct {
 	Bin  Binaries
 	// Queues is the queuer's --queues (0: its default, one per CPU).
 	Queues int
+	// Label, when set, is the variant's name instead of "tollgate";
+	// QueuerArgs are flags added to the queuer's.
+	Label      string
+	QueuerArgs []string
 	// SyncTimeout bounds the decider's first sync (large clusters).
 	SyncTimeout time.Duration
 	// Pprof, when set, are host and node-namespace addresses for the
@@ -155,7 +159,12 @@ type Tollgate struct {
 }
 
 // Name implements Enforcer.
-func (t *Tollgate) Name() string { return "tollgate" }
+func (t *Tollgate) Name() string {
+	if t.Label != "" {
+		return t.Label
+	}
+	return "tollgate"
+}
 
 // Start implements Enforcer: the decider, once SERVING, then the queuer,
 // once ready (table installed, decider state applied).
@@ -189,6 +198,7 @@ func (t *Tollgate) Start(ctx context.Context) error {
 	if t.Queues > 0 {
 		args = append(args, "--queues", strconv.Itoa(t.Queues))
 	}
+	args = append(args, t.QueuerArgs...)
 	q := exec.Command("ip", args...)
 	if t.QueuerPprof != "" {
 		q.Env = append(os.Environ(), EnvPprof+"="+t.QueuerPprof)
