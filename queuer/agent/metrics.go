@@ -32,6 +32,9 @@ type Metrics struct {
 	processTime    *prometheus.HistogramVec
 	processMicros  *prometheus.HistogramVec
 	packets        *prometheus.CounterVec
+	// bySource holds the series of processTime, processMicros and packets
+	// of each packet source, by verdict (drop, accept), looked up once.
+	bySource map[string]*[2]packetSeries
 	failMode       *prometheus.CounterVec
 	deciderRTT     prometheus.Histogram
 	deciderErrors  prometheus.Counter
@@ -140,6 +143,10 @@ func NewMetrics(c *cache.Cache, counters *nfq.Counters, procPath string) *Metric
 	}
 	m.state = &stateCollector{cache: c, counters: counters, procPath: procPath}
 	m.registry.MustRegister(m.Collectors()...)
+	m.bySource = map[string]*[2]packetSeries{}
+	for _, src := range []string{sourceCache, sourceDecider, sourceFailMode, sourceBusy, sourceUnjudgeable, sourceBypass} {
+		m.bySource[src] = &[2]packetSeries{m.packetSeries(src, "drop"), m.packetSeries(src, "accept")}
+	}
 	return m
 }
 
@@ -184,13 +191,31 @@ func (m *Metrics) CountBypass(sent func(context.Context) (uint64, error), failOp
 
 // observePacket records one answered packet.
 func (m *Metrics) observePacket(d time.Duration, allow bool, source string) {
-	verdict := "drop"
-	if allow {
-		verdict = "accept"
+	var ps packetSeries
+	if all, ok := m.bySource[source]; ok {
+		ps = all[0]
+		if allow {
+			ps = all[1]
+		}
+	} else if allow {
+		ps = m.packetSeries(source, "accept")
+	} else {
+		ps = m.packetSeries(source, "drop")
 	}
-	m.processTime.WithLabelValues(source, verdict).Observe(d.Seconds())
-	m.processMicros.WithLabelValues(source, verdict).Observe(float64(d.Nanoseconds()) / 1e3)
-	m.packets.WithLabelValues(source, verdict).Inc()
+	ps.time.Observe(d.Seconds())
+	ps.micros.Observe(float64(d.Nanoseconds()) / 1e3)
+	ps.count.Inc()
+}
+
+// packetSeries are the per-packet series of one source and verdict.
+type packetSeries struct {
+	time, micros prometheus.Observer
+	count        prometheus.Counter
+}
+
+func (m *Metrics) packetSeries(source, verdict string) packetSeries {
+	return packetSeries{m.processTime.WithLabelValues(source, verdict), m.processMicros.WithLabelValues(source, verdict),
+		m.packets.WithLabelValues(source, verdict)}
 }
 
 var (
