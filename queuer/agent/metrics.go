@@ -29,12 +29,12 @@ const ProcNFQueue = "/proc/net/netfilter/nfnetlink_queue"
 type Metrics struct {
 	registry *prometheus.Registry
 
-	processTime    *prometheus.HistogramVec
-	processMicros  *prometheus.HistogramVec
-	packets        *prometheus.CounterVec
+	processTime   *prometheus.HistogramVec
+	processMicros *prometheus.HistogramVec
+	packets       *prometheus.CounterVec
 	// bySource holds the series of processTime, processMicros and packets
 	// of each packet source, by verdict (drop, accept), looked up once.
-	bySource map[string]*[2]packetSeries
+	bySource       map[string]*[2]packetSeries
 	failMode       *prometheus.CounterVec
 	deciderRTT     prometheus.Histogram
 	deciderErrors  prometheus.Counter
