@@ -161,7 +161,9 @@ func newKube(kc kubernetes.Interface, pc policyclient.Interface, disc resourceDi
 	if k.interval <= 0 {
 		k.interval = DefaultCRDCheckInterval
 	}
-	k.pods = withTransform(coreinformers.NewPodInformer(kc, metav1.NamespaceAll, 0, cache.Indexers{}), transformPod)
+	// Pods are listed a pod at a time (podlist.go); the other kinds are
+	// small enough to list whole.
+	k.pods = withTransform(cache.NewSharedIndexInformer(podListWatch(kc), &corev1.Pod{}, 0, cache.Indexers{}), transformPod)
 	k.namespaces = withTransform(coreinformers.NewNamespaceInformer(kc, 0, cache.Indexers{}), transformNamespace)
 	k.nodes = withTransform(coreinformers.NewNodeInformer(kc, 0, cache.Indexers{}), transformNode)
 	k.networkPolicies = withTransform(networkinginformers.NewNetworkPolicyInformer(kc, metav1.NamespaceAll, 0, cache.Indexers{}), transformPolicy)
