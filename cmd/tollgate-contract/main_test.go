@@ -56,7 +56,7 @@ func TestAgainstTollgate(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d against the examples:\n%s", code, out)
 	}
-	for _, want := range []string{"PASS  health", "PASS  decide-verdicts", "PASS  decide-stream", "PASS  watch-initial", "SKIP  watch-change", "7 passed, 0 failed, 1 skipped"} {
+	for _, want := range []string{"PASS  health", "PASS  decide-verdicts", "PASS  decide-stream", "PASS  watch-initial", "PASS  decide-port-ranges", "SKIP  watch-change", "8 passed, 0 failed, 1 skipped"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -155,9 +155,11 @@ func TestFloodDoesNotOpen(t *testing.T) {
 	})
 	var leaked, tries atomic.Int64
 	wg.Go(func() {
-		// New tuples each time (no verdict cache can answer them), all
-		// denied: a SYN that gets through is answered, by the server or
-		// with a reset.
+		// New tuples each time (the kernel's verdict cache cannot answer
+		// them; the queuer's can, from the port range of its first
+		// answer, but they still go through the full queue), all denied:
+		// a SYN that gets through is answered, by the server or with a
+		// reset.
 		for port := uint16(2000); ctx.Err() == nil; port++ {
 			tries.Add(1)
 			r, _ := netsim.ProbeDetail(n.pods["c"], n.pods["b"].IPv4, port, netsim.TCP, 200*time.Millisecond)
