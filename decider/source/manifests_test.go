@@ -120,6 +120,7 @@ func TestManifestsPicksUpChanges(t *testing.T) {
 	if got := podNames(f.m.Input()); !slices.Equal(got, []string{"x/a"}) {
 		t.Fatalf("pods = %v", got)
 	}
+	eventually(t, "changed called for the initial load", func() bool { return f.changes.Load() > 0 })
 	if n := f.changes.Load(); n != 1 {
 		t.Errorf("changed called %d times after the initial load, want 1", n)
 	}
@@ -140,7 +141,7 @@ func TestManifestsPicksUpChanges(t *testing.T) {
 
 	// A malformed file: the last good state stays, the error names file
 	// and line, and nothing is published.
-	before := f.changes.Load()
+	before := settled(t, &f.changes)
 	replaceFile(t, filepath.Join(dir, "c.yaml"), "apiVersion: v1\nkind: Pod\nmetadata:\n  name: c\n   namespace: x\n")
 	eventually(t, "error logged", func() bool { return f.logs.count("ERROR", "c.yaml:5:") == 1 })
 	if got := podNames(f.m.Input()); !slices.Equal(got, []string{"x/a", "x/a2"}) {
@@ -153,6 +154,8 @@ func TestManifestsPicksUpChanges(t *testing.T) {
 	// Fixing it publishes the whole directory again.
 	replaceFile(t, filepath.Join(dir, "c.yaml"), podYAML("c"))
 	eventually(t, "fixed file", hasPods(f.m, "x/a", "x/a2", "x/c"))
+	// The new input is in place a moment before changed is called.
+	eventually(t, "changed called for the fix", func() bool { return f.changes.Load() > before })
 	if f.changes.Load() != before+1 {
 		t.Errorf("changed called %d times for the fix, want 1", f.changes.Load()-before)
 	}
@@ -254,4 +257,19 @@ func TestManifestsInputIsACopy(t *testing.T) {
 	if got := podNames(f.m.Input()); !slices.Equal(got, []string{"x/a", "x/b"}) {
 		t.Errorf("changing a returned slice changed the source: %v", got)
 	}
+}
+
+// settled waits until n has not moved for 100 ms (the input is published
+// a moment before changed is called) and returns it.
+func settled(t *testing.T, n *atomic.Int64) int64 {
+	t.Helper()
+	last := n.Load()
+	eventually(t, "changed calls to settle", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		now := n.Load()
+		same := now == last
+		last = now
+		return same
+	})
+	return last
 }
