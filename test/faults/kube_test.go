@@ -116,6 +116,28 @@ func (d *kubeDecider) waitVerdict(t *testing.T, src, dst string, want tollgatev1
 	})
 }
 
+// quietGeneration waits until the decider's generation has not moved for
+// quiet and returns it. A snapshot can be rebuilt with the same content (the
+// source kicks once more when it notices it has synced, which can come a
+// poll interval after the first snapshot), so a test that wants to see
+// "no change" must start from a generation that has settled.
+func (d *kubeDecider) quietGeneration(t *testing.T, src, dst string, quiet, limit time.Duration) uint64 {
+	t.Helper()
+	_, gen := d.verdict(t, src, dst)
+	since := time.Now()
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, g := d.verdict(t, src, dst); g != gen {
+			gen, since = g, time.Now()
+			continue
+		}
+		if time.Since(since) >= quiet {
+			return gen
+		}
+	}
+	t.Fatalf("the decider's generation kept changing for %v (now %d)", limit, gen)
+	return 0
+}
+
 // readyz returns the HTTP status of the decider's /readyz, or 0.
 func (d *kubeDecider) readyz() int {
 	c := http.Client{Timeout: time.Second}
@@ -211,7 +233,7 @@ func testChangesWhileCutOff(t *testing.T, e *kubeEnv) {
 	d.waitServing(t, 30*time.Second)
 	e.applyYAML(t, denyIngressZ)
 	d.waitVerdict(t, ipXA, ipZA, tollgatev1.Verdict_VERDICT_DENY, 20*time.Second)
-	_, gen := d.verdict(t, ipXA, ipZA)
+	gen := d.quietGeneration(t, ipXA, ipZA, 500*time.Millisecond, 20*time.Second)
 
 	proxy.cut()
 	if out, err := e.c.Kubectl("delete", "networkpolicy", "-n", "z", "deny-ingress"); err != nil {
@@ -296,7 +318,7 @@ func testAPIServerStoppedAndRestarted(t *testing.T, e *kubeEnv, d *kubeDecider) 
 	tokenConfig := e.tokenKubeconfig(t)
 	e.applyYAML(t, denyIngressZ)
 	d.waitVerdict(t, ipXA, ipZA, tollgatev1.Verdict_VERDICT_DENY, 20*time.Second)
-	_, gen := d.verdict(t, ipXA, ipZA)
+	gen := d.quietGeneration(t, ipXA, ipZA, 500*time.Millisecond, 20*time.Second)
 
 	e.c.StopAPIServer()
 	stopped := true
