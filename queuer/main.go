@@ -53,6 +53,7 @@ type options struct {
 	cacheSize       int
 	cacheTTL        time.Duration
 	cachePortRanges bool
+	netlinkSets     bool
 	kernelCacheTTL  time.Duration
 	kernelCacheSize int
 	decideTimeout   time.Duration
@@ -84,6 +85,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9080", "address of /metrics, /healthz and /readyz (empty disables)")
 	fs.StringVar(&o.nodeName, "node-name", "", "node whose pods are queued (default $NODE_NAME, then the hostname)")
 	fs.IntVar(&o.cacheSize, "cache-size", 65536, "entries of the userspace verdict cache")
+	fs.BoolVar(&o.netlinkSets, "netlink-sets", true, "write set elements on policy changes (invalidated verdicts, selected and DNS pods) over an nf_tables netlink socket instead of starting an nft process each time; nft still writes the ruleset, and takes over if a netlink write fails")
 	fs.BoolVar(&o.cachePortRanges, "cache-port-ranges", true, "keep one userspace-cache answer for every destination port the decider says it holds for (off: for the queried port only)")
 	fs.DurationVar(&o.cacheTTL, "cache-ttl", time.Minute, "lifetime of userspace verdict-cache entries (a safety net; generations invalidate them)")
 	fs.DurationVar(&o.kernelCacheTTL, "kernel-cache-ttl", time.Minute, "timeout of kernel verdict-cache entries, whole seconds")
@@ -212,6 +214,8 @@ func run(ctx context.Context, o options) error {
 		VerdictTTL:       o.kernelCacheTTL,
 		VerdictCacheSize: o.kernelCacheSize,
 		DNSQueue:         uint16(o.dnsQueue),
+
+		ElementsByNetlink: o.netlinkSets,
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
@@ -283,7 +287,6 @@ func run(ctx context.Context, o options) error {
 		wg.Wait()
 	}()
 	wg.Go(func() { dec.Run(bg) })
-	wg.Go(func() { a.Run(bg) })
 	wg.Go(func() { decisions.Run(bg) })
 
 	// DNS answers for domainNames rules: their own queue, answered by
@@ -307,6 +310,10 @@ func run(ctx context.Context, o options) error {
 		OnError: func(queue uint16, err error) {
 			slog.Warn("nfqueue error", "queue", queue, "err", err)
 		},
+		// The agent puts the decider's selected pods into the ruleset:
+		// only once something reads the queues, or, fail-open, their
+		// first packets would bypass the queue unjudged.
+		OnOpen: func() { wg.Go(func() { a.Run(bg) }) },
 	}
 	if o.queueWorkers == 0 {
 		// Packets awaiting the decider stay in the kernel queue, which

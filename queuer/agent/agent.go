@@ -50,6 +50,7 @@ type Dataplane interface {
 	Learned(v dataplane.Verdict)
 	ForgetVerdicts(ctx context.Context, vs []dataplane.Verdict) error
 	InvalidateVerdicts(ctx context.Context, changed func(netip.Addr) bool) error
+	SweepStale(ctx context.Context) error
 	FlushVerdicts(ctx context.Context) error
 	AddCuts(ctx context.Context, flows []dataplane.Flow) error
 	RemoveCuts(ctx context.Context, flows []dataplane.Flow) error

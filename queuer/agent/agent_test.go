@@ -111,8 +111,9 @@ func (f *fakeDecider) set(fn func(*fakeDecider)) {
 // failures injected by method name.
 type failingDataplane struct {
 	*dataplane.Dataplane
-	mu   sync.Mutex
-	fail map[string]error
+	mu     sync.Mutex
+	fail   map[string]error
+	sweeps int
 }
 
 func (d *failingDataplane) failing(method string) error {
@@ -132,6 +133,23 @@ func (d *failingDataplane) SyncSelected(ctx context.Context, v4, v6 []netip.Addr
 		return err
 	}
 	return d.Dataplane.SyncSelected(ctx, v4, v6)
+}
+
+// SweepStale counts the sweeps and fails them on demand.
+func (d *failingDataplane) SweepStale(ctx context.Context) error {
+	d.mu.Lock()
+	d.sweeps++
+	d.mu.Unlock()
+	if err := d.failing("SweepStale"); err != nil {
+		return err
+	}
+	return d.Dataplane.SweepStale(ctx)
+}
+
+func (d *failingDataplane) sweepCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sweeps
 }
 
 func (d *failingDataplane) FlushVerdicts(ctx context.Context) error {
@@ -630,5 +648,40 @@ func TestHandlePortRanges(t *testing.T) {
 	dec.set(func(d *fakeDecider) { d.allow = false })
 	if v := a.handle(conn(1500)); allowed(v) || dec.asked() != 2 {
 		t.Errorf("a range without its port was cached: verdict %+v, %d queries", v, dec.asked())
+	}
+}
+
+// TestApplyLoopSweepsStale: after a generation is in force and no newer
+// one waits, the apply loop has the stale kernel verdicts deleted; a failed
+// sweep counts as a failed application and is followed by a full one.
+func TestApplyLoopSweepsStale(t *testing.T) {
+	a := newTestAgent(t, &fakeDecider{}, Config{RetryInterval: 20 * time.Millisecond}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { a.applyLoop(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	applied := func(gen uint64) func() bool {
+		return func() bool { a.wmu.Lock(); defer a.wmu.Unlock(); return a.appliedGen == gen && !a.dirty }
+	}
+
+	a.onWatch(client.WatchUpdate{Generation: 1, Instance: "a", First: true, ChangedAll: true})
+	wait("generation 1 applied and swept", func() bool { return applied(1)() && a.dp.sweepCount() == 1 })
+
+	a.dp.setFail("SweepStale", errors.New("injected"))
+	a.onWatch(client.WatchUpdate{Generation: 2, Instance: "a", Changed: []netip.Addr{netip.MustParseAddr("10.0.0.2")}})
+	wait("a failed sweep", func() bool { return value(t, a.metrics.applyErrors) == 1 })
+	a.dp.setFail("SweepStale", nil)
+	wait("the full application after it", func() bool { return applied(2)() && a.dp.sweepCount() >= 3 })
+	if n := value(t, a.metrics.invalidations.WithLabelValues("full")); n != 2 {
+		t.Errorf("full invalidations = %v, want 2 (the first generation and the retry)", n)
 	}
 }

@@ -64,6 +64,24 @@ func (a *Agent) applyLoop(ctx context.Context) {
 				return
 			}
 			retry.Reset(a.cfg.RetryInterval)
+			continue
+		}
+		// The verdicts the change made stale are answered by the queue
+		// already; deleting them can wait for a quiet moment, but not
+		// hold up the next change.
+		a.wmu.Lock()
+		more := a.pending != nil
+		a.wmu.Unlock()
+		if more {
+			continue // a.kick is set: the next round applies it, then sweeps
+		}
+		if err := a.dp.SweepStale(ctx); err != nil && ctx.Err() == nil {
+			slog.Error("deleting stale kernel verdicts failed", "err", err)
+			a.metrics.applyErrors.Inc()
+			a.wmu.Lock()
+			a.dirty = true
+			a.wmu.Unlock()
+			retry.Reset(a.cfg.RetryInterval)
 		}
 	}
 }
@@ -125,6 +143,7 @@ func (a *Agent) apply(ctx context.Context, p *pendingUpdate, dirty bool) error {
 	precise := !full && u.Generation > prev
 
 	a.gen.Store(u.Generation)
+	began := time.Now()
 	var cacheErr error
 	switch {
 	case full:
@@ -141,6 +160,7 @@ func (a *Agent) apply(ctx context.Context, p *pendingUpdate, dirty bool) error {
 		a.cache.Advance(u.Generation, isChanged)
 		cacheErr = a.dp.InvalidateVerdicts(ctx, isChanged)
 	}
+	invalidated := time.Now()
 	syncErr := errors.Join(a.dp.SyncSelected(ctx, u.IPv4, u.IPv6), a.dp.SyncDNSPods(ctx, u.DNS4, u.DNS6))
 	if cacheErr != nil || syncErr != nil {
 		a.cache.Reset(u.Generation)
@@ -154,7 +174,8 @@ func (a *Agent) apply(ctx context.Context, p *pendingUpdate, dirty bool) error {
 	a.metrics.generation.Set(float64(u.Generation))
 	a.metrics.applyLatency.Observe(time.Since(p.received).Seconds())
 	slog.Info("decider state applied", "generation", u.Generation, "ipv4", len(u.IPv4), "ipv6", len(u.IPv6),
-		"full", full, "changed", len(p.changed))
+		"full", full, "changed", len(p.changed), "waited", began.Sub(p.received),
+		"invalidate", invalidated.Sub(began), "sync", time.Since(invalidated))
 	a.wmu.Lock()
 	a.dirty = false
 	a.appliedGen = u.Generation

@@ -78,6 +78,16 @@ type Config struct {
 	// learned go to; zero means the one after the verdict queues
 	// (FirstQueue + QueueCount).
 	DNSQueue uint16
+	// ElementsByNetlink writes set elements (the verdicts a change
+	// invalidates, the selected and DNS pod sets) over an nf_tables
+	// netlink socket, where every change would otherwise start an nft
+	// process. nft still writes the ruleset, and takes the element writes
+	// back for good if a netlink write fails. Only New honours it.
+	ElementsByNetlink bool
+	// NetlinkNetNS is the network namespace file (such as
+	// /var/run/netns/x) those sockets are opened in; empty: the process's
+	// own, where nft runs too.
+	NetlinkNetNS string
 }
 
 // Verdict is one decided connection tuple for the kernel verdict cache.
@@ -114,6 +124,10 @@ type Dataplane struct {
 	verdicts *mirror
 	// now is the clock (time.Now; tests set their own).
 	now func() time.Time
+	// elems writes set elements over netlink; nil: through nft.
+	elems *elementWriter
+	// stale is what SweepStale has to delete.
+	stale staleState
 }
 
 // New creates a Dataplane for the running kernel: nftables through the `nft`
@@ -144,7 +158,14 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	slog.Info("dataplane queue mode", "mode", string(mode), "detected", detected,
 		"firstQueue", cfg.FirstQueue, "queues", cfg.QueueCount, "failOpen", cfg.FailOpen)
-	return newDataplane(cfg, mode, nft, ipt, execInspector{})
+	d, err := newDataplane(cfg, mode, nft, ipt, execInspector{})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ElementsByNetlink {
+		d.elems = newElementWriter(cfg.NetlinkNetNS)
+	}
+	return d, nil
 }
 
 // NewWithBackends creates a Dataplane on the given backends, typically
@@ -179,6 +200,7 @@ func newDataplane(cfg Config, mode Mode, nft knftables.Interface, ipt IPTables, 
 	d := &Dataplane{cfg: cfg, mode: mode, nft: nft, ipt: ipt, inspector: in, want: want,
 		selected: addrSets{v4: setSelected4, v6: setSelected6, what: "selected pods"},
 		dnsPods:  addrSets{v4: setDNS4, v6: setDNS6, what: "DNS pods"},
+		stale:    staleState{addrs: map[netip.Addr]struct{}{}},
 		now:      time.Now}
 	d.verdicts = newMirror(cfg.VerdictCacheSize, cfg.VerdictTTL, func() time.Time { return d.now() })
 	return d, nil

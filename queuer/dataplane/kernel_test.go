@@ -342,7 +342,7 @@ func TestKernelFailModesWithPackets(t *testing.T) {
 	deny8080 := allow8080
 	deny8080.Allow = false
 
-	closed, err := New(Config{FirstQueue: 200, QueueCount: 2, FailOpen: false})
+	closed, err := New(Config{FirstQueue: 200, QueueCount: 2, FailOpen: false, ElementsByNetlink: true, NetlinkNetNS: "/var/run/netns/" + e.name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,6 +363,20 @@ func TestKernelFailModesWithPackets(t *testing.T) {
 	}
 	expect("fail-closed, allow verdict cached in the kernel", "8080", true)
 	expect("fail-closed, other port not cached", "8081", false)
+	// A change makes a's cached verdicts stale: its packets go to the
+	// queue at once, before the element is deleted.
+	if err := closed.InvalidateVerdicts(ctx, func(x netip.Addr) bool { return x == a(tp.ipA) }); err != nil {
+		t.Fatal(err)
+	}
+	expect("fail-closed, a's verdicts stale", "8080", false)
+	if err := closed.SweepStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect("fail-closed, a's stale verdicts deleted", "8080", false)
+	if err := closed.AddVerdicts(ctx, []Verdict{allow8080}); err != nil {
+		t.Fatal(err)
+	}
+	expect("fail-closed, allow verdict cached again after the sweep", "8080", true)
 	if err := closed.FlushVerdicts(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -408,4 +422,128 @@ func TestKernelFailModesWithPackets(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("ruleset removed (queuer cleanup)", "8080", true)
+}
+
+// TestKernelElementsByNetlink: with ElementsByNetlink, pod set syncs,
+// precise invalidations (stale addresses first, the elements at the sweep)
+// and flushes are written over netlink (the writer
+// is still in use afterwards, so none fell back to nft), and the kernel
+// holds what nft would have written; a netlink write that fails (a
+// namespace without the table) is made through nft, which keeps them from
+// then on.
+func TestKernelElementsByNetlink(t *testing.T) {
+	e := newNetnsEnv(t)
+	ctx := context.Background()
+	d, err := New(Config{FirstQueue: 100, QueueCount: 1, ElementsByNetlink: true, NetlinkNetNS: "/var/run/netns/" + e.name})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := d.Setup(ctx); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	list := func(set string) string { return e.mustIn(e.name, "nft", "list", "set", "inet", TableName, set) }
+	stillNetlink := func(step string) {
+		t.Helper()
+		if d.elems == nil {
+			t.Fatalf("%s fell back to nft", step)
+		}
+	}
+
+	if err := d.SyncSelected(ctx, addrs("10.1.0.1", "10.1.0.2"), addrs("fd00::1", "fd00::2")); err != nil {
+		t.Fatalf("SyncSelected: %v", err)
+	}
+	// The first sync replaces the sets through nft; the next ones are
+	// incremental.
+	if err := d.SyncSelected(ctx, addrs("10.1.0.2", "10.1.0.3"), addrs("fd00::2")); err != nil {
+		t.Fatalf("second SyncSelected: %v", err)
+	}
+	stillNetlink("SyncSelected")
+	if sel4, sel6 := list(setSelected4), list(setSelected6); !strings.Contains(sel4, "10.1.0.2, 10.1.0.3 }") ||
+		strings.Contains(sel4, "10.1.0.1,") || !strings.Contains(sel6, "elements = { fd00::2 }") {
+		t.Errorf("selected sets after an incremental sync over netlink:\n%s%s", sel4, sel6)
+	}
+	if err := d.SyncDNSPods(ctx, addrs("10.1.0.5"), nil); err != nil {
+		t.Fatalf("SyncDNSPods: %v", err)
+	}
+	if err := d.SyncDNSPods(ctx, addrs("10.1.0.6"), addrs("fd00::6")); err != nil {
+		t.Fatalf("second SyncDNSPods: %v", err)
+	}
+	stillNetlink("SyncDNSPods")
+	if dns4, dns6 := list(setDNS4), list(setDNS6); !strings.Contains(dns4, "elements = { 10.1.0.6 }") || !strings.Contains(dns6, "elements = { fd00::6 }") {
+		t.Errorf("DNS pod sets:\n%s%s", dns4, dns6)
+	}
+
+	a := netip.MustParseAddr
+	vs := []Verdict{
+		{Src: a("10.1.0.9"), Dst: a("10.1.0.2"), Proto: 6, DstPort: 80, Allow: true},
+		{Src: a("10.1.0.8"), Dst: a("10.1.0.9"), Proto: 17, DstPort: 53, Allow: false},
+		{Src: a("10.1.0.7"), Dst: a("10.1.0.2"), Proto: 6, DstPort: 65535, Allow: true},
+		{Src: a("fd00::9"), Dst: a("fd00::2"), Proto: 132, DstPort: 5000, Allow: false},
+		{Src: a("fd00::7"), Dst: a("fd00::2"), Proto: 6, DstPort: 443, Allow: true},
+	}
+	if err := d.AddVerdicts(ctx, vs); err != nil {
+		t.Fatalf("AddVerdicts: %v", err)
+	}
+	// One of the verdicts to invalidate is gone already (expired, say):
+	// removing it must not fail the batch.
+	e.mustIn(e.name, "nft", "delete", "element", "inet", TableName, setAllow4, "{ 10.1.0.9 . 10.1.0.2 . tcp . 80 }")
+	changed := map[netip.Addr]bool{a("10.1.0.9"): true, a("fd00::9"): true}
+	if err := d.InvalidateVerdicts(ctx, func(x netip.Addr) bool { return changed[x] }); err != nil {
+		t.Fatalf("InvalidateVerdicts: %v", err)
+	}
+	stillNetlink("InvalidateVerdicts")
+	// The changed addresses are stale at once; their elements stay until
+	// the sweep.
+	if stale4, stale6 := list(setStale4), list(setStale6); !strings.Contains(stale4, "elements = { 10.1.0.9 expires") ||
+		!strings.Contains(stale6, "elements = { fd00::9 expires") {
+		t.Errorf("stale sets after the invalidation:\n%s%s", stale4, stale6)
+	}
+	if deny4 := list(setDeny4); !strings.Contains(deny4, "10.1.0.8 . 10.1.0.9 . udp . 53") {
+		t.Errorf("a stale verdict was deleted before the sweep:\n%s", deny4)
+	}
+	if err := d.SweepStale(ctx); err != nil {
+		t.Fatalf("SweepStale: %v", err)
+	}
+	stillNetlink("SweepStale")
+	for _, set := range []string{setStale4, setStale6} {
+		if out := list(set); strings.Contains(out, "elements") {
+			t.Errorf("%s not emptied by the sweep:\n%s", set, out)
+		}
+	}
+	allow4, deny4, allow6, deny6 := list(setAllow4), list(setDeny4), list(setAllow6), list(setDeny6)
+	if strings.Contains(allow4, "10.1.0.9") || strings.Contains(deny4, "10.1.0.9") || strings.Contains(deny6, "fd00::9") {
+		t.Errorf("invalidated verdicts still cached:\n%s%s%s", allow4, deny4, deny6)
+	}
+	if !strings.Contains(allow4, "10.1.0.7 . 10.1.0.2 . tcp . 65535 expires") || !strings.Contains(allow6, "fd00::7 . fd00::2 . tcp . 443 expires") {
+		t.Errorf("verdicts the change did not touch were removed:\n%s%s", allow4, allow6)
+	}
+	if err := d.FlushVerdicts(ctx); err != nil {
+		t.Fatalf("FlushVerdicts: %v", err)
+	}
+	stillNetlink("FlushVerdicts")
+	for _, set := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
+		if out := list(set); strings.Contains(out, "elements") {
+			t.Errorf("%s not flushed:\n%s", set, out)
+		}
+	}
+
+	// A writer pointed at a namespace without the table fails; nft makes
+	// the change instead and keeps the writes.
+	other := e.name + "-other"
+	e.host("netns", "add", other)
+	t.Cleanup(func() {
+		if out, err := exec.Command(e.ip, "netns", "del", other).CombinedOutput(); err != nil {
+			t.Errorf("delete netns %s: %v: %s", other, err, out)
+		}
+	})
+	d.elems = newElementWriter("/var/run/netns/" + other)
+	if err := d.SyncSelected(ctx, addrs("10.1.0.4"), nil); err != nil {
+		t.Fatalf("SyncSelected after a failed netlink write: %v", err)
+	}
+	if d.elems != nil {
+		t.Error("the writer stayed in use after a failed write")
+	}
+	if sel4 := list(setSelected4); !strings.Contains(sel4, "elements = { 10.1.0.4 }") {
+		t.Errorf("selected4 after the fallback:\n%s", sel4)
+	}
 }

@@ -19,6 +19,8 @@ const (
 	setCut6      = "cut6"
 	setDNS4      = "dns4"
 	setDNS6      = "dns6"
+	setStale4    = "stale4"
+	setStale6    = "stale6"
 
 	chainForward        = "forward"
 	chainInput          = "input"
@@ -118,7 +120,8 @@ func desiredObject(kind, name string) bool {
 		return name == counterQueued
 	case "set":
 		switch name {
-		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6, setCut4, setCut6, setDNS4, setDNS6:
+		case setSelected4, setSelected6, setAllow4, setDeny4, setAllow6, setDeny6, setCut4, setCut6, setDNS4, setDNS6,
+			setStale4, setStale6:
 			return true
 		}
 	}
@@ -249,6 +252,23 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 			tx.Add(set)
 		}
 	}
+	// The stale sets hold the addresses whose cached verdicts a policy
+	// change made stale, until the queuer has deleted those verdicts
+	// (deleting elements waits for the kernel's RCU grace period, adding
+	// them does not). They time out with the verdict sets' timeout, so an
+	// address leaves them no sooner than a verdict cached before the
+	// change could still answer.
+	for _, v := range []struct{ name, typ string }{{setStale4, "ipv4_addr"}, {setStale6, "ipv6_addr"}} {
+		set := &knftables.Set{Name: v.name, Type: v.typ,
+			Flags:   []knftables.SetFlag{knftables.TimeoutFlag},
+			Timeout: knftables.PtrTo(cfg.VerdictTTL / time.Second * time.Second),
+			Comment: knftables.PtrTo("addresses whose cached verdicts are stale: their packets skip the verdict sets")}
+		tx.Add(set)
+		if recreate {
+			tx.Delete(set)
+			tx.Add(set)
+		}
+	}
 
 	rule := func(chain, text string) {
 		tx.Add(&knftables.Rule{Chain: chain, Rule: text})
@@ -284,9 +304,9 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 	rule(chainClassify, "ip6 saddr @"+setSelected6+" goto "+chainDecide6)
 	rule(chainClassify, "ip6 daddr @"+setSelected6+" goto "+chainDecide6)
 
-	for _, d := range []struct{ chain, flow, tuple, cut, allow, deny string }{
-		{chainDecide4, flow4, tuple4, setCut4, setAllow4, setDeny4},
-		{chainDecide6, flow6, tuple6, setCut6, setAllow6, setDeny6},
+	for _, d := range []struct{ chain, family, flow, tuple, cut, stale, allow, deny string }{
+		{chainDecide4, "ip", flow4, tuple4, setCut4, setStale4, setAllow4, setDeny4},
+		{chainDecide6, "ip6", flow6, tuple6, setCut6, setStale6, setAllow6, setDeny6},
 	} {
 		// Every connection judged here is one of a selected pod: the flow
 		// cutter finds them by this bit. Untracked and invalid packets
@@ -297,6 +317,10 @@ func writeRuleset(tx *knftables.Transaction, cfg Config, mode Mode, stale map[st
 		// dropped, whichever end speaks first.
 		rule(d.chain, d.flow+" @"+d.cut+" meta l4proto != tcp drop")
 		rule(d.chain, d.flow+" @"+d.cut+" tcp flags & (syn | ack) != syn drop")
+		// A verdict cached before the last policy change may be stale
+		// until the queuer has deleted it: ask the queue.
+		rule(d.chain, d.family+" saddr @"+d.stale+" goto "+chainToQueue)
+		rule(d.chain, d.family+" daddr @"+d.stale+" goto "+chainToQueue)
 		rule(d.chain, d.tuple+" @"+d.allow+" accept")
 		rule(d.chain, d.tuple+" @"+d.deny+" drop")
 		rule(d.chain, "goto "+chainToQueue)

@@ -77,6 +77,19 @@ func (d *Dataplane) syncAddrs(ctx context.Context, sets *addrSets, v4, v6 []neti
 		// Sorted for a deterministic transaction text.
 		slices.SortFunc(adds, netip.Addr.Compare)
 		slices.SortFunc(dels, netip.Addr.Compare)
+		if d.elems != nil {
+			changes := make([]elemChange, 0, len(adds)+len(dels))
+			for _, a := range dels {
+				changes = append(changes, elemChange{set: elem(a).Set, key: addrKey(a), remove: true})
+			}
+			for _, a := range adds {
+				changes = append(changes, elemChange{set: elem(a).Set, key: addrKey(a)})
+			}
+			if d.writeElementsLocked(changes, sets.what) {
+				sets.have = want
+				return nil
+			}
+		}
 		for _, a := range dels {
 			tx.Delete(elem(a))
 		}
@@ -214,12 +227,18 @@ func removeElement(tx *knftables.Transaction, e *knftables.Element) {
 	tx.Delete(e)
 }
 
-// InvalidateVerdicts removes from the kernel verdict cache, in one
-// transaction, every element whose source or destination changed reports,
-// and keeps the rest: the decider said their verdicts stand. When the
-// dataplane does not know every element (its mirror overflowed) or the
-// transaction fails, it flushes the verdict sets instead, which is always
-// safe.
+// InvalidateVerdicts makes the kernel verdict cache stop answering for
+// every element whose source or destination changed reports, and keeps the
+// rest: the decider said their verdicts stand.
+//
+// With netlink element writes, it adds the addresses of those elements to
+// the stale sets, which send their packets to the queue from then on, and
+// leaves the elements for SweepStale to delete: an addition is in force at
+// once, a deletion waits for the kernel's RCU grace period (milliseconds)
+// and would hold up the change. Otherwise it deletes the elements in one
+// transaction. When the dataplane does not know every element (its mirror
+// overflowed) or a write fails, it flushes the verdict sets instead, which
+// is always safe.
 func (d *Dataplane) InvalidateVerdicts(ctx context.Context, changed func(netip.Addr) bool) error {
 	keys, all := d.verdicts.take(changed)
 	if all {
@@ -228,20 +247,97 @@ func (d *Dataplane) InvalidateVerdicts(ctx context.Context, changed func(netip.A
 	if len(keys) == 0 {
 		return nil
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.elems != nil && d.setUp {
+		var changes []elemChange
+		added := map[netip.Addr]bool{}
+		for _, k := range keys {
+			for _, a := range []netip.Addr{k.src, k.dst} {
+				if changed(a) && !added[a] {
+					added[a] = true
+					changes = append(changes, elemChange{set: staleSet(a), key: addrKey(a)})
+				}
+			}
+		}
+		if d.writeElementsLocked(changes, "stale addresses") {
+			d.stale.keys = append(d.stale.keys, keys...)
+			for a := range added {
+				d.stale.addrs[a] = struct{}{}
+			}
+			return nil
+		}
+	}
 	tx := d.nft.NewTransaction()
 	for _, k := range keys {
 		if e, ok, err := verdictElement(k.verdict()); err == nil && ok {
 			removeElement(tx, e)
 		}
 	}
-	d.mu.Lock()
 	err := d.runLocked(ctx, tx, "invalidate verdicts")
-	d.mu.Unlock()
 	if err == nil {
 		return nil
 	}
 	slog.Info("dataplane: precise verdict invalidation failed, flushing the verdict sets", "elements", len(keys), "err", err)
-	return d.FlushVerdicts(ctx)
+	return d.flushVerdictsLocked(ctx)
+}
+
+// staleSet is the stale set for a's family.
+func staleSet(a netip.Addr) string {
+	if a.Is4() {
+		return setStale4
+	}
+	return setStale6
+}
+
+// staleState is what InvalidateVerdicts left for SweepStale: the verdict
+// elements to delete and the addresses to take out of the stale sets
+// after them.
+type staleState struct {
+	keys  []verdictKey
+	addrs map[netip.Addr]struct{}
+}
+
+// SweepStale deletes the verdict elements InvalidateVerdicts left behind
+// and then takes their addresses out of the stale sets, in one batch, so
+// that the kernel cache answers for them again. Until it has run, their
+// packets are answered by the queuer, and the stale sets' timeout, the
+// verdict sets' own, bounds how long that lasts if it never does. If the
+// batch fails it flushes the verdict and stale sets instead.
+func (d *Dataplane) SweepStale(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.stale.addrs) == 0 || !d.setUp {
+		return nil
+	}
+	changes := make([]elemChange, 0, len(d.stale.keys)+len(d.stale.addrs))
+	for _, k := range d.stale.keys {
+		if set, key, ok := verdictSetKey(k.verdict()); ok {
+			changes = append(changes, elemChange{set: set, key: key, remove: true})
+		}
+	}
+	for a := range d.stale.addrs {
+		changes = append(changes, elemChange{set: staleSet(a), key: addrKey(a), remove: true})
+	}
+	if d.elems != nil && d.writeElementsLocked(changes, "stale sweep") {
+		d.stale = staleState{addrs: map[netip.Addr]struct{}{}}
+		return nil
+	}
+	slog.Info("dataplane: deleting stale verdicts failed, flushing the verdict sets", "elements", len(d.stale.keys))
+	return d.flushVerdictsLocked(ctx)
+}
+
+// writeElementsLocked writes changes over netlink and reports whether they
+// are in force. After a failure it leaves element writes to nft for good,
+// and the caller makes the same change through nft. d.mu is held.
+func (d *Dataplane) writeElementsLocked(changes []elemChange, what string) bool {
+	err := d.elems.write(changes)
+	if err == nil {
+		return true
+	}
+	slog.Warn("dataplane: writing set elements over netlink failed; nft writes them from now on", "what", what, "err", err)
+	d.elems = nil
+	return false
 }
 
 // CachedVerdicts reports how many verdicts the dataplane believes the
@@ -448,16 +544,35 @@ func (d *Dataplane) runLocked(ctx context.Context, tx *knftables.Transaction, wh
 func (d *Dataplane) FlushVerdicts(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.flushVerdictsLocked(ctx)
+}
+
+// flushVerdictsLocked is FlushVerdicts with d.mu held.
+func (d *Dataplane) flushVerdictsLocked(ctx context.Context) error {
 	if !d.setUp {
 		return errNotSetUp
 	}
+	// The stale sets go too: no verdict is left for them to hide.
+	sets := []string{setAllow4, setDeny4, setAllow6, setDeny6, setStale4, setStale6}
+	if d.elems != nil {
+		changes := make([]elemChange, 0, len(sets))
+		for _, name := range sets {
+			changes = append(changes, elemChange{set: name, flush: true})
+		}
+		if d.writeElementsLocked(changes, "flushed verdict sets") {
+			d.verdicts.reset()
+			d.stale = staleState{addrs: map[netip.Addr]struct{}{}}
+			return nil
+		}
+	}
 	tx := d.nft.NewTransaction()
-	for _, name := range []string{setAllow4, setDeny4, setAllow6, setDeny6} {
+	for _, name := range sets {
 		tx.Flush(&knftables.Set{Name: name})
 	}
 	if err := d.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("dataplane: flush verdict sets: %w", err)
 	}
+	d.stale = staleState{addrs: map[netip.Addr]struct{}{}}
 	// Verdicts learned while the flush ran may be in the sets and not in
 	// the mirror, or the other way round; both are harmless once the
 	// mirror is reset, as the caller moved to a new generation first.

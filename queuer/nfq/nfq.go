@@ -111,6 +111,8 @@ type Config struct {
 	// AfterVerdict, when set, runs after the kernel took a packet's
 	// verdict (for an accepted packet: after the rest of the hook ran).
 	AfterVerdict func(p Packet, v Verdict)
+	// OnOpen, when set, is called once every queue is open and read.
+	OnOpen func()
 }
 
 // QueueStats are the counters of one queue.
@@ -217,6 +219,9 @@ func run(ctx context.Context, cfg Config, h Handler, ah AsyncHandler) error {
 	}
 	slog.Info("nfqueue readers running", "first", cfg.First, "count", cfg.Count,
 		"workers", cfg.Workers, "async", ah != nil, "copyLen", cfg.CopyLen)
+	if cfg.OnOpen != nil {
+		cfg.OnOpen()
+	}
 	<-runCtx.Done()
 	if err := context.Cause(runCtx); ctx.Err() == nil && err != nil {
 		return err
