@@ -44,12 +44,12 @@ type config struct {
 	smoke, profile          bool
 }
 
-var allEnforcers = []string{"tollgate", "knp-standard"}
+var allEnforcers = []string{"tollgate", "knp-standard", "tollgate-nft"}
 
 func parseFlags(args []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("bench-scale", flag.ContinueOnError)
-	enforcers := fs.String("enforcers", strings.Join(allEnforcers, ","), "comma-separated enforcers: tollgate, knp-standard")
+	enforcers := fs.String("enforcers", strings.Join(allEnforcers, ","), "comma-separated enforcers: tollgate, knp-standard, tollgate-nft (tollgate whose queuer writes set elements with an nft process per change, --netlink-sets=false)")
 	fs.IntVar(&c.pods, "pods", 10000, "pods for the change measurements and the first memory figures")
 	fs.IntVar(&c.bigPods, "big-pods", 100000, "pods for the second memory figures (0: skip)")
 	fs.IntVar(&c.policies, "policies", 10000, "background NetworkPolicies")
