@@ -45,12 +45,33 @@ func ChangedIPs(prevIn Input, prev *Snapshot, nextIn Input, next *Snapshot) []ne
 		return equality.Semantic.DeepEqual(a.Labels, b.Labels)
 	}, func(ns *corev1.Namespace) { namespaces[ns.Name] = struct{}{} })
 	// Pods a changed policy selects, or in a relabelled namespace, before
-	// or after the change.
+	// or after the change. A NetworkPolicy selects pods of its own
+	// namespace only: when only NetworkPolicies changed, the pods of other
+	// namespaces need no look at their policies.
 	if len(policies) > 0 || len(namespaces) > 0 {
 		set := newPolicySet(policies)
+		var scope map[string]struct{} // nil: every namespace
+		for ref := range policies {
+			if ref.Kind != KindNetworkPolicy {
+				scope = nil
+				break
+			}
+			if scope == nil {
+				scope = map[string]struct{}{}
+			}
+			scope[ref.Namespace] = struct{}{}
+		}
 		for _, s := range []*Snapshot{prev, next} {
+			var ns *namespace // the namespace of the pods before, which come grouped by it
+			var relabelled, inScope bool
 			for _, p := range s.pods {
-				if _, ok := namespaces[p.ns.name]; ok || p.governedBy(set) {
+				if p.ns != ns {
+					ns = p.ns
+					_, relabelled = namespaces[ns.name]
+					_, inScope = scope[ns.name]
+					inScope = len(policies) > 0 && (inScope || scope == nil)
+				}
+				if relabelled || (inScope && p.governedBy(set)) {
 					add(p.ips...)
 				}
 			}
