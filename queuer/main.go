@@ -291,10 +291,16 @@ func run(ctx context.Context, o options) error {
 
 	// DNS answers for domainNames rules: their own queue, answered by
 	// HandleDNS, which never drops one; each connection's packets in order.
+	// dnsOpen closes once the queue is read, or could not be opened.
+	dnsOpen := make(chan struct{})
+	var dnsOnce sync.Once
 	wg.Go(func() {
+		opened := func() { dnsOnce.Do(func() { close(dnsOpen) }) }
 		err := nfq.Run(bg, nfq.Config{First: dp.DNSQueue(), Count: 1, Workers: 8, Shard: agent.DNSShard,
 			OnError: func(queue uint16, err error) { slog.Warn("nfqueue error", "queue", queue, "err", err) },
+			OnOpen:  opened,
 		}, a.HandleDNS)
+		opened()
 		if err != nil {
 			slog.Error("DNS answers cannot be read; domainNames rules match nothing new", "queue", dp.DNSQueue(), "err", err)
 		}
@@ -310,10 +316,20 @@ func run(ctx context.Context, o options) error {
 		OnError: func(queue uint16, err error) {
 			slog.Warn("nfqueue error", "queue", queue, "err", err)
 		},
-		// The agent puts the decider's selected pods into the ruleset:
-		// only once something reads the queues, or, fail-open, their
-		// first packets would bypass the queue unjudged.
-		OnOpen: func() { wg.Go(func() { a.Run(bg) }) },
+		// The agent puts the decider's selected pods (and the pods whose
+		// DNS answers are learned) into the ruleset: only once something
+		// reads the queues, or their first packets would bypass them,
+		// unjudged (fail-open) or unlearned (DNS answers).
+		OnOpen: func() {
+			wg.Go(func() {
+				select {
+				case <-dnsOpen:
+				case <-bg.Done():
+					return
+				}
+				a.Run(bg)
+			})
+		},
 	}
 	if o.queueWorkers == 0 {
 		// Packets awaiting the decider stay in the kernel queue, which
