@@ -75,11 +75,18 @@ type Compiler struct {
 	npRules    map[string]*npRule    // NetworkPolicy rules, interned by content
 	// The compiled policies by API object: NetworkPolicies, and
 	// cluster-scoped policies of every kind.
-	nps      map[*networkingv1.NetworkPolicy]*compiled
-	cluster  map[any]*compiled
-	records  []*nsRecord // the compiled pods, by namespace index
-	nextSlot uint32      // slots below it have been handed out
-	free     []uint32    // slots below nextSlot the last snapshot does not use
+	nps     map[*networkingv1.NetworkPolicy]*compiled
+	cluster map[any]*compiled
+	records []*nsRecord // the compiled pods, by namespace index
+	// The previous input's pods and NetworkPolicies by namespace (see
+	// byNamespace).
+	pods buckets[*corev1.Pod]
+	npIn buckets[*networkingv1.NetworkPolicy]
+	// podByIP is the previous snapshot's address index when no two pods
+	// claimed an address in it; nil otherwise.
+	podByIP  map[netip.Addr]*pod
+	nextSlot uint32   // slots below it have been handed out
+	free     []uint32 // slots below nextSlot the last snapshot does not use
 }
 
 // nsSetEntry is a compiled namespace selector and its set.
@@ -105,7 +112,6 @@ func (cc *Compiler) Compile(in Input) *Snapshot {
 	c := &compiler{
 		cc: cc,
 		snap: &Snapshot{
-			podByIP:   make(map[netip.Addr]*pod, len(in.Pods)),
 			nodesByIP: make(map[netip.Addr][]*node, len(in.Nodes)),
 		},
 		nsByName:    make(map[string]*namespace, len(in.Namespaces)),
@@ -897,7 +903,7 @@ func (c *compiler) cnpPorts(ref PolicyRef, protos []v1alpha2.ClusterNetworkPolic
 // addNetworkPolicies compiles the NetworkPolicies and returns them by
 // namespace index, each namespace's by name.
 func (c *compiler) addNetworkPolicies(nps []*networkingv1.NetworkPolicy) [][]*compiled {
-	byNS := byNamespace(c, nps, func(int) []*networkingv1.NetworkPolicy { return nil })
+	byNS := byNamespace(c, nps, &c.cc.npIn)
 	out := make([][]*compiled, len(byNS))
 	for i, objs := range byNS {
 		out[i] = make([]*compiled, len(objs))

@@ -24,8 +24,9 @@ import (
 // relabelled, deleted, finished, terminating, moved to a new IP, node or
 // port list, replicated (a new pod with the same labels), namespaces
 // relabelled, added or removed, nodes relabelled, readdressed, added or
-// removed, rewrites that change nothing, and odd objects. Objects it does not touch are shared with in, as an informer's
-// are.
+// removed, rewrites that change nothing, and odd objects (one of them an
+// object given twice). Objects it does not touch are shared with in, as an
+// informer's are.
 func mutate(g gen, in Input) Input {
 	out := in
 	out.Pods = slices.Clone(in.Pods)
@@ -138,7 +139,13 @@ func mutate(g gen, in Input) Input {
 		case 12:
 			// A replica: a new pod with the labels of a pod of its
 			// namespace, on the spare addresses.
-			if i, ok := some(g, out.Pods); ok {
+			if i, ok := some(g, out.Pods); ok && g.r.IntN(4) == 0 {
+				// Or the same object twice, which no informer gives.
+				out.Pods = append(out.Pods, out.Pods[i])
+				if j, ok := some(g, out.NetworkPolicies); ok {
+					out.NetworkPolicies = append(out.NetworkPolicies, out.NetworkPolicies[j])
+				}
+			} else if ok {
 				old := out.Pods[i]
 				p := testPod(old.Namespace, old.Name+"-r", parseAddr(spareIPv4), parseAddr(spareIPv6))
 				p.Labels = maps.Clone(old.Labels)

@@ -3,6 +3,7 @@ package engine
 import (
 	"cmp"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -36,54 +37,120 @@ func (r *nsRecord) sameInputs(o *nsRecord) bool {
 		slices.Equal(r.admin, o.admin) && slices.Equal(r.baseline, o.baseline)
 }
 
+// buckets is what byNamespace keeps from one compile to the next for one
+// kind of object: the previous compile's buckets, and where each of their
+// objects was filed. A Compiler resets it with everything else when the
+// namespace names change, so a namespace index means the same namespace
+// for as long as it lives.
+type buckets[T object] struct {
+	prev   [][]T
+	placed map[T]*placement
+	gen    uint64 // counts byNamespace calls
+}
+
+// placement is where an object of the previous compile's input was filed:
+// its namespace index, and the byNamespace call that last met it (to catch
+// an object given twice).
+type placement struct {
+	ns  int
+	met uint64
+}
+
 // byNamespace sorts objs into buckets by namespace index, each by name. A
-// bucket that holds the objects of prev's bucket, in that order, is
-// prev's.
-func byNamespace[T object](c *compiler, objs []T, prev func(i int) []T) [][]T {
+// namespace whose objects are the previous compile's, as a set, gets
+// bk.prev's bucket back without being sorted again; so does one whose
+// sorted objects are the same, in order. It records the result in bk for
+// the next compile.
+func byNamespace[T object](c *compiler, objs []T, bk *buckets[T]) [][]T {
 	type named struct {
 		name string
 		obj  T
 	}
+	bk.gen++
+	if bk.placed == nil {
+		bk.placed = make(map[T]*placement, len(objs))
+	}
+	n := len(c.namespaces)
+	// same[i]: every object of namespace i so far was in its previous bucket
+	// and met once.
+	same := make([]bool, n)
+	for i := range min(n, len(bk.prev)) {
+		same[i] = true
+	}
 	index := make([]int, len(objs))
-	start := make([]int, len(c.namespaces)+1)
+	start := make([]int, n+1)
 	for j, o := range objs {
-		index[j] = c.nsByName[o.GetNamespace()].index
+		if p := bk.placed[o]; p != nil && p.met != bk.gen {
+			p.met = bk.gen
+			index[j] = p.ns
+		} else {
+			index[j] = c.nsByName[o.GetNamespace()].index
+			same[index[j]] = false
+		}
 		start[index[j]+1]++
 	}
-	for i := range c.namespaces {
+	for i := range n {
+		if same[i] && start[i+1] != len(bk.prev[i]) {
+			same[i] = false // an object of the previous bucket is gone
+		}
 		start[i+1] += start[i]
 	}
 	all := make([]named, len(objs))
 	next := slices.Clone(start)
 	for j, o := range objs {
-		all[next[index[j]]] = named{o.GetName(), o}
-		next[index[j]]++
+		if i := index[j]; !same[i] {
+			all[next[i]] = named{o.GetName(), o}
+			next[i]++
+		}
 	}
-	out := make([][]T, len(c.namespaces))
+	out := make([][]T, n)
 	for i := range out {
-		b := all[start[i]:start[i+1]]
+		if same[i] {
+			out[i] = bk.prev[i]
+			continue
+		}
+		b := all[start[i]:next[i]]
 		slices.SortFunc(b, func(x, y named) int { return strings.Compare(x.name, y.name) })
-		if p := prev(i); slices.EqualFunc(b, p, func(n named, o T) bool { return n.obj == o }) {
-			out[i] = p
+		if i < len(bk.prev) && slices.EqualFunc(b, bk.prev[i], func(n named, o T) bool { return n.obj == o }) {
+			out[i] = bk.prev[i]
 			continue
 		}
 		out[i] = make([]T, len(b))
-		for j, n := range b {
-			out[i][j] = n.obj
+		for j, x := range b {
+			out[i][j] = x.obj
 		}
 	}
+	// Refile the objects of the namespaces that changed: forget those of
+	// the previous bucket first, as some of them may be gone.
+	for i := range out {
+		if i < len(bk.prev) && sameSlice(out[i], bk.prev[i]) {
+			continue
+		}
+		if i < len(bk.prev) {
+			for _, o := range bk.prev[i] {
+				delete(bk.placed, o)
+			}
+		}
+		ps := make([]placement, len(out[i])) // one allocation a bucket
+		for j, o := range out[i] {
+			ps[j] = placement{ns: i, met: bk.gen}
+			bk.placed[o] = &ps[j]
+		}
+	}
+	bk.prev = out
 	return out
+}
+
+// sameSlice reports whether a and b are the same slice: same array, same
+// length.
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // addPods compiles every namespace's pods, reusing the previous compile's
 // record of a namespace whose inputs are the same, and indexes them.
 func (c *compiler) addPods(pods []*corev1.Pod, nps [][]*compiled, admin, baseline []*clusterPolicy) []*nsRecord {
-	byNS := byNamespace(c, pods, func(i int) []*corev1.Pod {
-		if i < len(c.cc.records) {
-			return c.cc.records[i].in
-		}
-		return nil
-	})
+	byNS := byNamespace(c, pods, &c.cc.pods)
 	records := make([]*nsRecord, len(c.namespaces))
 	n := 0
 	for i, ns := range c.namespaces {
@@ -111,22 +178,75 @@ func (c *compiler) addPods(pods []*corev1.Pod, nps [][]*compiled, admin, baselin
 		c.snap.pods = append(c.snap.pods, r.pods...)
 		c.snap.stats.SelectedPods += r.selected
 	}
+	c.indexAddresses(records)
+	return records
+}
+
+// indexAddresses fills the snapshot's podByIP. When no two pods claimed an
+// address in the previous compile, it copies the previous index and
+// refiles only the pods of the namespaces whose records changed; it builds
+// the index afresh when that would meet a claimed address, so that a
+// conflict is settled and reported as a fresh build does.
+func (c *compiler) indexAddresses(records []*nsRecord) {
+	cc := c.cc
+	if cc.podByIP != nil && len(records) == len(cc.records) {
+		m := maps.Clone(cc.podByIP)
+		for i, old := range cc.records {
+			if records[i] == old {
+				continue
+			}
+			for _, pd := range old.pods {
+				for _, ip := range pd.ips {
+					if m[ip] == pd {
+						delete(m, ip)
+					}
+				}
+			}
+		}
+		clean := true
+	refile:
+		for i, r := range records {
+			if r == cc.records[i] {
+				continue
+			}
+			for _, pd := range r.pods {
+				for _, ip := range pd.ips {
+					if m[ip] != nil {
+						clean = false
+						break refile
+					}
+					m[ip] = pd
+				}
+			}
+		}
+		if clean {
+			c.snap.podByIP, cc.podByIP = m, m
+			return
+		}
+	}
+	m := make(map[netip.Addr]*pod, len(c.snap.pods))
+	clean := true
 	for _, pd := range c.snap.pods {
 		for _, ip := range pd.ips {
-			old := c.snap.podByIP[ip]
+			old := m[ip]
 			if old == nil {
-				c.snap.podByIP[ip] = pd
+				m[ip] = pd
 				continue
 			}
 			// Two live pods claim one IP: one of them is stale. Prefer the
 			// one that is not terminating; otherwise the first by name.
+			clean = false
 			c.warnf("pods %s/%s and %s/%s both have IP %s", old.ref.Namespace, old.ref.Name, pd.ref.Namespace, pd.ref.Name, ip)
 			if old.terminating && !pd.terminating {
-				c.snap.podByIP[ip] = pd
+				m[ip] = pd
 			}
 		}
 	}
-	return records
+	c.snap.podByIP = m
+	cc.podByIP = nil
+	if clean {
+		cc.podByIP = m
+	}
 }
 
 // compileNamespace compiles the pods of r's namespace that take part in

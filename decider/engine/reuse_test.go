@@ -241,3 +241,47 @@ func TestCompilerReuseSteps(t *testing.T) {
 		checkReuse(t, 1000+seed, 8, tuples)
 	}
 }
+
+// TestCompilerReuseRepeatsAndClaims steps one Compiler through inputs that
+// take its shortcuts' slow paths: a pod and a NetworkPolicy given twice
+// (the same object), then once again, and one given twice in place of
+// another; two pods claiming one address, then
+// the claim settled. Each reusing compile must answer as a fresh one.
+func TestCompilerReuseRepeatsAndClaims(t *testing.T) {
+	tuples := allTuples()
+	base := usable(genInput(1), func(string, ...any) {})
+	if len(base.Pods) < 2 || len(base.NetworkPolicies) == 0 {
+		t.Fatalf("genInput(1) has %d pods and %d NetworkPolicies; the test needs 2 and 1", len(base.Pods), len(base.NetworkPolicies))
+	}
+	twice := base
+	twice.Pods = append(slices.Clone(base.Pods), base.Pods[0])
+	twice.NetworkPolicies = append(slices.Clone(base.NetworkPolicies), base.NetworkPolicies[0])
+	// swapped gives pods[0] twice in place of another pod of its namespace:
+	// as many pods there as before, all of them known.
+	swapped := base
+	for j, p := range base.Pods[1:] {
+		if p.Namespace == base.Pods[0].Namespace {
+			swapped.Pods = append(slices.Delete(slices.Clone(base.Pods), j+1, j+2), base.Pods[0])
+			break
+		}
+	}
+	if len(swapped.Pods) != len(base.Pods) || &swapped.Pods[0] == &base.Pods[0] {
+		t.Fatal("genInput(1) has no two pods in one namespace")
+	}
+	claimed := base
+	claimed.Pods = slices.Clone(base.Pods)
+	p := base.Pods[1].DeepCopy()
+	p.Status.PodIPs = base.Pods[0].Status.PodIPs
+	p.Status.PodIP = base.Pods[0].Status.PodIP
+	claimed.Pods[1] = p
+	var c Compiler
+	for i, in := range []Input{base, twice, base, twice, claimed, base, swapped, base, claimed, claimed, base} {
+		got, want := c.Compile(in), Compile(in)
+		if d := cmp.Or(sameDecisions(got, want, tuples), diffViews(viewOf(got), viewOf(want))); d != "" {
+			t.Fatalf("input %d: reusing compile differs from a fresh one: %s", i, d)
+		}
+	}
+	if len(Compile(claimed).Warnings()) == 0 {
+		t.Fatal("two pods on one address: no warning; the test does not test the conflict")
+	}
+}

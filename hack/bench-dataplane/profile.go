@@ -17,17 +17,20 @@ import (
 // queuerPprof is the queuer's pprof address inside the node namespace.
 const queuerPprof = "127.0.0.1:6061"
 
-// profileTollgate runs Tollgate (profiling build) under the new-tuple load
-// of the largest shape, untimed, and takes CPU profiles of the queuer and
-// the decider meanwhile. It writes them and their top functions to out and
-// returns where.
-func (e *env) profileTollgate(ctx context.Context, out string) (string, error) {
-	bench.Step("profiling Tollgate under new connections (not part of the figures)")
+// profileTollgate runs a Tollgate variant (its profiling build) under the
+// new-tuple load of the largest shape, untimed, and takes CPU profiles of
+// the queuer and the decider meanwhile. It writes them and their top
+// functions to out and returns where.
+func (e *env) profileTollgate(ctx context.Context, variant, out string) (string, error) {
+	bench.Step("profiling %s under new connections (not part of the figures)", variant)
 	var n *node
 	for _, x := range e.nodes {
-		if x.variant == "tollgate" {
+		if x.variant == variant {
 			n = x
 		}
+	}
+	if n == nil {
+		return "", fmt.Errorf("profile: no node runs %s", variant)
 	}
 	if err := resetNode(n); err != nil {
 		return "", err
@@ -38,7 +41,11 @@ func (e *env) profileTollgate(ctx context.Context, out string) (string, error) {
 	}
 	deciderPprof := l.Addr().String()
 	l.Close()
-	t := &bench.Tollgate{Node: n.node, Bin: e.bins, DeciderPprof: deciderPprof, QueuerPprof: queuerPprof}
+	t, ok := e.enforcer(n).(*bench.Tollgate)
+	if !ok {
+		return "", fmt.Errorf("profile: %s is not a Tollgate variant", variant)
+	}
+	t.DeciderPprof, t.QueuerPprof = deciderPprof, queuerPprof
 	n.enf = t
 	if err := t.Start(ctx); err != nil {
 		return "", err
@@ -57,7 +64,7 @@ func (e *env) profileTollgate(ctx context.Context, out string) (string, error) {
 	var loaded loadResult
 	wg.Go(func() { loaded = e.load(ctx, n, fresh, sh, time.Duration(secs+1)*time.Second) })
 	time.Sleep(300 * time.Millisecond)
-	stamp := time.Now().Format("20060102-150405")
+	stamp := variant + "-" + time.Now().Format("20060102-150405")
 	type target struct{ name, ns, addr, bin string }
 	targets := []target{{"queuer", n.node.NS, queuerPprof, e.bins.Queuer}, {"decider", "", deciderPprof, e.bins.Decider}}
 	errs := make([]error, len(targets))
@@ -77,8 +84,8 @@ func (e *env) profileTollgate(ctx context.Context, out string) (string, error) {
 	pw.Wait()
 	wg.Wait()
 	var b strings.Builder
-	fmt.Fprintf(&b, "CPU profiles under the new-tuple load, %s, %d s, %.0f conn/s (%d connections, %d failed)\n",
-		sh, secs, float64(loaded.conns)/loaded.elapsed.Seconds(), loaded.conns, loaded.fails)
+	fmt.Fprintf(&b, "CPU profiles of %s under the new-tuple load, %s, %d s, %.0f conn/s (%d connections, %d failed)\n",
+		variant, sh, secs, float64(loaded.conns)/loaded.elapsed.Seconds(), loaded.conns, loaded.fails)
 	for i, tg := range targets {
 		if errs[i] != nil {
 			return "", errs[i]

@@ -114,10 +114,15 @@ func run(ctx context.Context, cfg config) (err error) {
 			return err
 		}
 	}
-	if cfg.profile && slices.Contains(cfg.variants, "tollgate") {
-		if res.Profile, err = e.profileTollgate(ctx, sess.Out); err != nil {
+	for _, v := range []string{"tollgate", exactVariant} {
+		if !cfg.profile || !slices.Contains(cfg.variants, v) {
+			continue
+		}
+		p, err := e.profileTollgate(ctx, v, sess.Out)
+		if err != nil {
 			return err
 		}
+		res.Profile += p
 	}
 	doc := cfg.doc
 	if cfg.smoke {
