@@ -38,6 +38,7 @@ import (
 	"github.com/tollgate/tollgate/decider/resolved"
 	"github.com/tollgate/tollgate/decider/source"
 	"github.com/tollgate/tollgate/decider/state"
+	"github.com/tollgate/tollgate/internal/affinity"
 	"github.com/tollgate/tollgate/internal/memlimit"
 	"github.com/tollgate/tollgate/internal/version"
 )
@@ -69,6 +70,7 @@ type config struct {
 	maxPolicySeries                                                              int
 	dns                                                                          resolved.Options
 	memory                                                                       memlimit.Setting
+	cpus                                                                         affinity.Set
 	printVersion                                                                 bool
 }
 
@@ -91,6 +93,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.dns.MaxTotal, "dns-max-entries", resolved.DefaultMaxTotal, "domainNames: learned (pod, name, address) entries kept in all")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	memory := fs.String("memory-limit", "auto", memlimit.FlagUsage)
+	cpus := fs.String("cpus", "", affinity.FlagUsage)
 	fs.BoolVar(&c.printVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -98,6 +101,9 @@ func parseFlags(args []string) (config, error) {
 	var err error
 	if c.memory, err = memlimit.Parse(*memory); err != nil {
 		return c, fmt.Errorf("--memory-limit: %w", err)
+	}
+	if c.cpus, err = affinity.Parse(*cpus); err != nil {
+		return c, fmt.Errorf("--cpus: %w", err)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -139,6 +145,12 @@ func run(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 	memlimit.ApplyAndLog(cfg.memory)
+	if err := affinity.Confine(cfg.cpus); err != nil {
+		return fmt.Errorf("--cpus: %w", err)
+	}
+	if !cfg.cpus.Empty() {
+		slog.Info("confined to CPUs", "cpus", cfg.cpus.String())
+	}
 	if os.Getenv("GOGC") == "" {
 		// The heap is mostly long-lived state (informer caches, the
 		// serving snapshot); the garbage is each rebuild's. Collecting at

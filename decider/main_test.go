@@ -43,6 +43,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "both sources", args: []string{"--kubeconfig", "k", "--manifests", "m"}, wantErr: "mutually exclusive"},
 		{name: "stray argument", args: []string{"--manifests", "m", "extra"}, wantErr: "unexpected arguments"},
 		{name: "bad duration", args: []string{"--settle", "soon"}, wantErr: "settle"},
+		{name: "bad CPU list", args: []string{"--cpus", "2-1"}, wantErr: "--cpus"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

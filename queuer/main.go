@@ -26,6 +26,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tollgate/tollgate/internal/affinity"
 	"github.com/tollgate/tollgate/internal/memlimit"
 	"github.com/tollgate/tollgate/internal/version"
 	"github.com/tollgate/tollgate/queuer/agent"
@@ -64,6 +65,7 @@ type options struct {
 	logRate         float64
 	dnsQueue        uint
 	memory          memlimit.Setting
+	cpus            affinity.Set
 }
 
 func parseFlags(args []string) (options, error) {
@@ -102,12 +104,19 @@ func parseFlags(args []string) (options, error) {
 	})
 	fs.Float64Var(&o.logRate, "log-decisions-rate", decisionlog.DefaultRate, "decision log lines per second at most (bursts of twice that); the others are counted in a \"suppressed\" line")
 	memory := fs.String("memory-limit", "auto", memlimit.FlagUsage)
+	cpus := fs.String("cpus", "", affinity.FlagUsage)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	var err error
 	if o.memory, err = memlimit.Parse(*memory); err != nil {
 		return o, fmt.Errorf("--memory-limit: %w", err)
+	}
+	if o.cpus, err = affinity.Parse(*cpus); err != nil {
+		return o, fmt.Errorf("--cpus: %w", err)
+	}
+	if !o.cpus.Empty() && !flagSet(fs, "queues") {
+		o.queues = uint(o.cpus.Count()) // one per CPU it may use
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -205,6 +214,12 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	memlimit.ApplyAndLog(o.memory)
+	if err := affinity.Confine(o.cpus); err != nil {
+		return fmt.Errorf("--cpus: %w", err)
+	}
+	if !o.cpus.Empty() {
+		slog.Info("confined to CPUs", "cpus", o.cpus.String())
+	}
 
 	dp, err := dataplane.New(dataplane.Config{
 		QueueMode:        o.queueMode,
@@ -413,4 +428,11 @@ func newMux(m *agent.Metrics, ready func(context.Context) bool) *http.ServeMux {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+// flagSet reports whether the command line set the flag called name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -45,11 +45,20 @@ func TestParseFlags(t *testing.T) {
 		{"--cache-size", "0"},
 		{"--kernel-cache-size", "0"},
 		{"--check-interval", "-1s"},
+		{"--cpus", "1-0"},
+		{"--cpus", "x"},
 		{"extra"},
 	} {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("parseFlags(%v) accepted", bad)
 		}
+	}
+	// --cpus gives a queue to each of its CPUs, unless --queues says.
+	if o, err := parseFlags([]string{"--cpus", "0-2"}); err != nil || o.queues != 3 || o.cpus.String() != "0-2" {
+		t.Errorf("--cpus 0-2: queues %d, cpus %s, err %v; want 3 queues on 0-2", o.queues, o.cpus, err)
+	}
+	if o, err := parseFlags([]string{"--cpus", "1", "--queues", "4"}); err != nil || o.queues != 4 {
+		t.Errorf("--cpus 1 --queues 4: queues %d, err %v; want 4", o.queues, err)
 	}
 	if _, err := parseFlags([]string{"--help"}); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("--help: %v", err)

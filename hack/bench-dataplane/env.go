@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
@@ -252,6 +253,10 @@ func (e *env) enforcer(n *node) bench.Enforcer {
 		return &bench.Tollgate{Node: n.node, Bin: e.bins}
 	case "tollgate-exact":
 		return &bench.Tollgate{Node: n.node, Bin: e.bins, Label: n.variant, QueuerArgs: []string{"--cache-port-ranges=false"}}
+	case exact1CPUVariant:
+		// Both processes on the machine's last CPU.
+		return &bench.Tollgate{Node: n.node, Bin: e.bins, Label: n.variant, QueuerArgs: []string{"--cache-port-ranges=false"},
+			CPUs: strconv.Itoa(runtime.NumCPU() - 1)}
 	case "knp-standard":
 		return &bench.KNP{Node: n.node, Command: "standard", Bin: e.bins.KNPStandard}
 	case "knp-npa-v1alpha2":

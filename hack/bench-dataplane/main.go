@@ -13,6 +13,8 @@
 //   - tollgate: the decider and queuer;
 //   - tollgate-exact: the same with --cache-port-ranges=false, so that
 //     every new tuple of the "new" workload goes to the decider;
+//   - tollgate-exact-1cpu: tollgate-exact with the decider and the queuer
+//     on one CPU (--cpus), where their round trip wakes no idle CPU;
 //   - knp-standard, knp-npa-v1alpha2: kube-network-policies' own agents,
 //     built from the Go module proxy by hack/bench-knp/agent.sh.
 //
@@ -64,7 +66,7 @@ type shape struct{ clients, conns, first int }
 func (s shape) String() string { return fmt.Sprintf("%d×%d", s.clients, s.conns) }
 
 // allVariants are the variants in their default order.
-var allVariants = []string{"none", "accept-all", "tollgate", "tollgate-exact", "knp-standard", "knp-npa-v1alpha2"}
+var allVariants = []string{"none", "accept-all", "tollgate", "tollgate-exact", exact1CPUVariant, "knp-standard", "knp-npa-v1alpha2"}
 
 func parseFlags(args []string) (config, error) {
 	var c config

@@ -267,11 +267,23 @@ func writeTargets(b *strings.Builder, cfg config, t table, p int) {
 			return t.over(cfg.rounds, at("tollgate", fresh, sh), p99Added)
 		}, "%.3f ms")
 	}
+	if slices.Contains(cfg.variants, exact1CPUVariant) && slices.Contains(cfg.variants, "accept-all") {
+		row("new tuples, "+exact1CPUVariant+" (decider and queuer on one CPU) × accept-all", func(sh shape) bench.Spread {
+			return t.over(cfg.rounds, at(exact1CPUVariant, fresh, sh), t.ratioTo("accept-all"))
+		}, "%.2f×")
+		row("p99 connect added by the decider round trip beyond queueing, "+exact1CPUVariant, func(sh shape) bench.Spread {
+			return t.over(cfg.rounds, at(exact1CPUVariant, fresh, sh), p99Over("accept-all"))
+		}, "%.3f ms")
+	}
 	b.WriteString("\n")
 }
 
-// exactVariant is Tollgate without port-range answers.
-const exactVariant = "tollgate-exact"
+// exactVariant is Tollgate without port-range answers; exact1CPUVariant
+// the same with its two processes on one CPU.
+const (
+	exactVariant     = "tollgate-exact"
+	exact1CPUVariant = "tollgate-exact-1cpu"
+)
 
 // writeTollgateCost reports the queuer's and decider's CPU per 1,000 new
 // connections a second and their memory.

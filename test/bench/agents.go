@@ -152,6 +152,8 @@ type Tollgate struct {
 	// Pprof, when set, are host and node-namespace addresses for the
 	// decider's and queuer's pprof (profiling builds only).
 	DeciderPprof, QueuerPprof string
+	// CPUs, when set, is the --cpus of both the decider and the queuer.
+	CPUs string
 
 	decider, queuer *proc.Proc
 	// Socket is the decider's socket; DeciderMetrics its metrics address.
@@ -175,8 +177,12 @@ func (t *Tollgate) Start(ctx context.Context) error {
 	}
 	t.Socket = filepath.Join(t.Node.WorkDir, "decider.sock")
 	t.DeciderMetrics = "127.0.0.1:" + strconv.Itoa(port)
-	dec := exec.Command(t.Bin.Decider, "--kubeconfig", t.Node.Kubeconfig, "--socket", t.Socket,
-		"--node-name", t.Node.Name, "--metrics-bind-address", t.DeciderMetrics)
+	dargs := []string{t.Bin.Decider, "--kubeconfig", t.Node.Kubeconfig, "--socket", t.Socket,
+		"--node-name", t.Node.Name, "--metrics-bind-address", t.DeciderMetrics}
+	if t.CPUs != "" {
+		dargs = append(dargs, "--cpus", t.CPUs)
+	}
+	dec := exec.Command(dargs[0], dargs[1:]...)
 	if t.DeciderPprof != "" {
 		dec.Env = append(os.Environ(), EnvPprof+"="+t.DeciderPprof)
 	}
@@ -195,6 +201,9 @@ func (t *Tollgate) Start(ctx context.Context) error {
 	}
 	args := []string{"netns", "exec", t.Node.NS, t.Bin.Queuer, "--decider-socket", t.Socket,
 		"--node-name", t.Node.Name, "--metrics-bind-address", QueuerMetricsAddr}
+	if t.CPUs != "" {
+		args = append(args, "--cpus", t.CPUs)
+	}
 	if t.Queues > 0 {
 		args = append(args, "--queues", strconv.Itoa(t.Queues))
 	}
