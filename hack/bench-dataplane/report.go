@@ -313,7 +313,7 @@ func writeTollgateCost(b *strings.Builder, cfg config, t table, p int) {
 			return float64(v) / 1e6, ok
 		}
 	}
-	for _, v := range []string{"tollgate", exactVariant} {
+	for _, v := range []string{"tollgate", exactVariant, exact1CPUVariant} {
 		if !slices.Contains(cfg.variants, v) {
 			continue
 		}
