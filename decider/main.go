@@ -35,6 +35,7 @@ import (
 	"github.com/tollgate/tollgate/decider/api"
 	"github.com/tollgate/tollgate/decider/engine"
 	"github.com/tollgate/tollgate/decider/explain"
+	"github.com/tollgate/tollgate/decider/idlegc"
 	"github.com/tollgate/tollgate/decider/resolved"
 	"github.com/tollgate/tollgate/decider/source"
 	"github.com/tollgate/tollgate/decider/state"
@@ -63,6 +64,15 @@ func main() {
 
 // gcPercent is the decider's GOGC unless the environment sets one.
 const gcPercent = 50
+
+// After a publication, the decider collects once it has been quiet for
+// idleGCDelay if more than idleGCThreshold of the heap's allowance to the
+// next collection is in use: at most twice as many collections as Go would
+// run, each off the path of a build.
+const (
+	idleGCDelay     = 100 * time.Millisecond
+	idleGCThreshold = 0.5
+)
 
 type config struct {
 	kubeconfig, manifests, socket, framedSocket, nodeName, metricsAddr, logLevel string
@@ -206,6 +216,10 @@ func run(args []string) error {
 		}
 	}()
 	go keeper.Run(ctx, time.Second)
+	// Collect garbage in the quiet after a build rather than during the
+	// next one (see package idlegc).
+	collector := idlegc.New(idleGCDelay, idleGCThreshold)
+	go collector.Run(ctx)
 	warned := map[string]bool{}
 	go st.Run(ctx, cfg.settle, src.HasSynced, func() engine.Input { return src.Input() }, func(v *state.View) {
 		stats := v.Snapshot.Stats()
@@ -219,6 +233,7 @@ func run(args []string) error {
 			}
 		}
 		metrics.Published(v)
+		collector.Kick()
 		if v.Generation == 1 {
 			srv.MarkServing()
 			// Listing every object at start-up leaves the heap at its
