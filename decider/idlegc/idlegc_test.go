@@ -24,12 +24,15 @@ func TestUsed(t *testing.T) {
 }
 
 // TestCollectsOnceQuiet: a burst of kicks gives one collection, after the
-// last kick and not before; below the threshold there is none.
+// last kick and not before; below the threshold there is none. The delay
+// is long beside the kicks' spacing, so that a slow machine does not make
+// a gap between two kicks look like a quiet spell.
 func TestCollectsOnceQuiet(t *testing.T) {
+	const delay = 400 * time.Millisecond
 	var collections atomic.Int32
 	var heap atomic.Value
 	heap.Store(Heap{InUse: 180, Live: 100, Goal: 200})
-	c := New(50*time.Millisecond, 0.6)
+	c := New(delay, 0.6)
 	c.ReadHeap = func() Heap { return heap.Load().(Heap) }
 	c.Collect = func() { collections.Add(1) }
 	ctx, cancel := context.WithCancel(context.Background())
@@ -37,23 +40,23 @@ func TestCollectsOnceQuiet(t *testing.T) {
 	go func() { c.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	// Kicks every 10 ms for 150 ms keep restarting the wait.
-	for range 15 {
+	// Kicks every 5 ms for 100 ms keep restarting the wait.
+	for range 20 {
 		c.Kick()
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 	if n := collections.Load(); n != 0 {
 		t.Fatalf("%d collections while kicks kept coming, want 0", n)
 	}
 	waitFor(t, func() bool { return collections.Load() == 1 })
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(delay + 200*time.Millisecond)
 	if n := collections.Load(); n != 1 {
 		t.Fatalf("%d collections after one burst, want 1", n)
 	}
 
 	heap.Store(Heap{InUse: 120, Live: 100, Goal: 200}) // 20% used
 	c.Kick()
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(delay + 200*time.Millisecond)
 	if n := collections.Load(); n != 1 {
 		t.Fatalf("%d collections, want still 1: the heap was below the threshold", n)
 	}
