@@ -94,14 +94,39 @@ func (c *Cluster) InstallCRDs(ctx context.Context, set CRDSet) error {
 	if _, err := c.Kubectl(args...); err != nil {
 		return fmt.Errorf("install %s CRDs: %w", set, err)
 	}
-	wait := []string{"wait", "--for=condition=Established", "--timeout=60s"}
 	for _, name := range crdSources[set].names {
-		wait = append(wait, "crd/"+name)
-	}
-	if _, err := c.Kubectl(wait...); err != nil {
-		return fmt.Errorf("wait for %s CRDs: %w", set, err)
+		if err := c.waitEstablished(ctx, name, time.Minute); err != nil {
+			return fmt.Errorf("wait for %s CRDs: %w", set, err)
+		}
 	}
 	return nil
+}
+
+// waitEstablished polls the CRD called name until its Established
+// condition is True, for at most limit. It does not use `kubectl wait
+// --for=condition=Established`, which fails at once ("accessor error") when
+// it reads a CRD whose status has no conditions yet.
+func (c *Cluster) waitEstablished(ctx context.Context, name string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	var last string
+	for {
+		out, err := c.Kubectl("get", "crd/"+name, "-o", `jsonpath={.status.conditions[?(@.type=="Established")].status}`)
+		if err == nil && strings.TrimSpace(out) == "True" {
+			return nil
+		}
+		last = strings.TrimSpace(out)
+		if err != nil {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("crd/%s not Established after %s (last: %q)", name, limit, last)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("crd/%s: %w", name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // RemoveCRDs deletes the CRDs of set (and so every object of their kinds) and
